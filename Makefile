@@ -1,0 +1,45 @@
+# batchlab: `make run` sets everything up and runs the quick study; `make test` runs the checks.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+STORE ?= batchlab.db
+
+.PHONY: install data run test lint typecheck pytest bench clean
+
+install: $(STAMP)
+
+# torch 2.13.0 first when torch is absent: its CPU wheel is on disk here, and an unpinned
+# torch would pull the CUDA build. The package itself only asks for torch>=2.3.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+# Fashion-MNIST comes from the Debian package dataset-fashion-mnist (IDX files, no download at run time).
+data:
+	@test -f $(FMNIST) || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist; }
+
+run: install data
+	$(VENV)/bin/batchlab run --preset quick --store $(STORE)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+pytest: install data
+	$(VENV)/bin/pytest -q
+
+test: lint typecheck pytest
+
+bench: install data
+	$(PY) benchmarks/engine_speed.py
+
+clean:
+	rm -rf $(VENV) build dist .mypy_cache .pytest_cache .ruff_cache
