@@ -1,0 +1,5 @@
+"""`python -m batchlab` is the `batchlab` command."""
+
+from batchlab.cli import main
+
+main()

@@ -1,0 +1,226 @@
+"""The `batchlab` command line. Every user error is one line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from batchlab import presets
+from batchlab._version import __version__
+from batchlab.errors import BatchlabError, SpecError
+from batchlab.progress import RichReporter
+from batchlab.spec import load_spec
+from batchlab.study import DEFAULT_STORE, Study, load_study, run_study
+from batchlab.trial import TrialState
+
+STORE_OPTION = click.option(
+    "--store",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFAULT_STORE,
+    show_default=True,
+    help="SQLite file holding the results.",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="batchlab")
+def cli() -> None:
+    """batchlab: what batch size (and learning rate) should I train with, and why?
+
+    Runs controlled batch-size studies on a PyTorch model and dataset, stores every result in
+    SQLite, and shows what changed. Start with `batchlab run --preset quick`.
+    """
+
+
+@cli.command()
+@click.argument("study_file", required=False, type=click.Path(path_type=Path))
+@click.option("--preset", "preset_name", metavar="NAME", help="Start from a built-in study.")
+@STORE_OPTION
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a spec field (TOML value), e.g. --set budget.epochs=3 --set seeds=[0,1].",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder with dataset files (looked in before $BATCHLAB_DATA and system paths).",
+)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def run(
+    study_file: Path | None,
+    preset_name: str | None,
+    store: Path,
+    overrides: tuple[str, ...],
+    data_dir: Path | None,
+    quiet: bool,
+) -> None:
+    """Run (or resume) a study from STUDY_FILE (TOML) and/or a preset, plus overrides.
+
+    Trials are batch_sizes x lrs x seeds. Finished trials are skipped on a rerun; a trial
+    interrupted mid-way continues from its last epoch checkpoint.
+    """
+    if study_file is None and preset_name is None:
+        raise SpecError(
+            "run: give a study file (STUDY.toml) or --preset NAME (see batchlab presets)"
+        )
+    base = presets.get(preset_name).data if preset_name else None
+    spec = load_spec(study_file, base=base, overrides=list(overrides))
+    console = Console(stderr=True)
+    reporter = None if quiet else RichReporter(console)
+    study = run_study(spec, store=store, data_dir=data_dir, reporter=reporter)
+    _print_table(study, Console())
+    counts = _state_counts(study)
+    click.echo(f"study '{study.name}': {counts}; results in {store.resolve()}")
+    click.echo(f"  see them: batchlab show {study.name} --store {store}")
+
+
+@cli.command("presets")
+def list_presets() -> None:
+    """List the built-in studies with a one-line description and expected CPU time."""
+    table = Table(title="batchlab presets")
+    table.add_column("preset", style="bold")
+    table.add_column("description")
+    table.add_column("CPU time (2 cores)", justify="right")
+    for p in presets.all_presets():
+        table.add_row(p.name, p.description, p.cpu_time)
+    Console().print(table)
+
+
+@cli.command("ls")
+@STORE_OPTION
+def list_studies(store: Path) -> None:
+    """List the studies in a store with their trial counts per state."""
+    from batchlab.store import Store
+
+    with Store.open_existing(store) as s:
+        rows = s.study_summary()
+    table = Table(title=f"studies in {store}")
+    table.add_column("study", style="bold")
+    table.add_column("trials", justify="right")
+    table.add_column("states")
+    for r in rows:
+        states = ", ".join(f"{k.lower()} {v}" for k, v in sorted(r["states"].items()))
+        table.add_row(r["name"], str(sum(r["states"].values())), states)
+    Console().print(table)
+
+
+def _state_counts(study: Study) -> str:
+    counts: dict[str, int] = {}
+    for t in study.trials:
+        counts[t.state.value.lower()] = counts.get(t.state.value.lower(), 0) + 1
+    return ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return mean, math.nan
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(var)
+
+
+def _print_table(study: Study, console: Console) -> None:
+    """One row per (batch size, lr): seeds, final test accuracy mean +- std, time, states."""
+    groups: dict[tuple[int, float], list[Any]] = {}
+    for t in study.trials:
+        groups.setdefault((t.batch_size, t.lr_base), []).append(t)
+    table = Table(
+        title=f"study {study.name} (budget: {study.spec.budget.kind} = {study.spec.budget.value:g})"
+    )
+    for col, just in [
+        ("batch size", "right"),
+        ("lr (used)", "right"),
+        ("seeds", "right"),
+        ("test acc (mean ± std)", "right"),
+        ("updates", "right"),
+        ("train time (s)", "right"),
+        ("state", "left"),
+    ]:
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    for (b, _), trials in sorted(groups.items()):
+        done = [t for t in trials if t.state == TrialState.COMPLETE and t.last is not None]
+        acc_mean, acc_std = _mean_std([t.last.test_acc for t in done])
+        time_mean, _ = _mean_std([t.last.train_time_s for t in done])
+        steps = sorted({t.last.step for t in done})
+        states = ", ".join(
+            f"{sum(t.state == s for t in trials)} {s.value.lower()}"
+            for s in TrialState
+            if any(t.state == s for t in trials)
+        )
+        acc = "—" if math.isnan(acc_mean) else f"{100 * acc_mean:.2f}%"
+        if not math.isnan(acc_std):
+            acc += f" ± {100 * acc_std:.2f}"
+        table.add_row(
+            str(b),
+            f"{trials[0].lr:.4g}",
+            str(len(trials)),
+            acc,
+            "/".join(str(s) for s in steps) or "—",
+            "—" if math.isnan(time_mean) else f"{time_mean:.1f}",
+            states,
+        )
+    console.print(table)
+
+
+@cli.command()
+@click.argument("name")
+@STORE_OPTION
+def show(name: str, store: Path) -> None:
+    """Show a study as a table: batch size, lr, seeds, final test accuracy, time, state."""
+    _print_table(load_study(name, store), Console())
+
+
+@cli.command()
+@click.argument("name")
+@STORE_OPTION
+@click.option(
+    "--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File to write (default: stdout).",
+)
+def export(name: str, store: Path, fmt: str, out: Path | None) -> None:
+    """Export one row per trial per evaluation as CSV or JSON (records)."""
+    df = load_study(name, store).to_dataframe()
+    if fmt == "csv":
+        text = df.to_csv(index=False)
+    else:
+        text = json.dumps(json.loads(df.to_json(orient="records")), indent=1) + "\n"
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {len(df)} rows to {out}", err=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: BatchlabError becomes one line on stderr and exit 2, never a traceback."""
+    try:
+        cli.main(args=argv, prog_name="batchlab", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except BatchlabError as err:
+        click.echo(f"batchlab: error: {err}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,361 @@
+"""Datasets: built-in ones that never download, files a user already has, and user functions.
+
+Every loader returns raw train/test arrays; `load_dataset` then holds out a validation split with a
+fixed seed (the test set is never touched), optionally subsamples the training set, and returns
+tensors ready to be moved to the device once per study.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from batchlab.data.idx import read_idx
+from batchlab.errors import DataError
+
+SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+IDX_FILES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class RawData:
+    """Train and test arrays as a loader returns them (x float32, y int64 class indices)."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+@dataclass(frozen=True, kw_only=True)
+class Dataset:
+    """A classification dataset split into train / val / test, as tensors."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def n_train(self) -> int:
+        return int(self.x_train.shape[0])
+
+    def to(self, device: torch.device) -> Dataset:
+        """The same dataset with every tensor on `device` (done once per study, not per batch)."""
+        moved = {
+            k: getattr(self, k).to(device)
+            for k in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+        }
+        return replace(self, **moved)
+
+
+Loader = Callable[[Mapping[str, Any], Path | None], RawData]
+
+
+def _as_raw(x_train: Any, y_train: Any, x_test: Any, y_test: Any, *, where: str) -> RawData:
+    def x(a: Any) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(a, dtype=np.float32))
+
+    def y(a: Any) -> torch.Tensor:
+        arr = np.asarray(a)
+        if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+            if (
+                arr.ndim == 1
+                and np.issubdtype(arr.dtype, np.floating)
+                and np.all(arr == arr.round())
+            ):
+                arr = arr.astype(np.int64)
+            else:
+                raise DataError(f"{where}: labels must be a 1-D array of integer class indices")
+        return torch.as_tensor(arr.astype(np.int64))
+
+    raw = RawData(x_train=x(x_train), y_train=y(y_train), x_test=x(x_test), y_test=y(y_test))
+    for split in ("train", "test"):
+        xs, ys = getattr(raw, f"x_{split}"), getattr(raw, f"y_{split}")
+        if xs.shape[0] != ys.shape[0]:
+            raise DataError(
+                f"{where}: x_{split} has {xs.shape[0]} rows but y_{split} has {ys.shape[0]}"
+            )
+        if xs.shape[0] == 0:
+            raise DataError(f"{where}: the {split} split is empty")
+    if int(min(raw.y_train.min(), raw.y_test.min())) < 0:
+        raise DataError(f"{where}: labels must be class indices 0..C-1, found a negative label")
+    return raw
+
+
+def _standardize(raw: RawData) -> RawData:
+    """Scale inputs by the training set's mean and std (computed, not hard-coded)."""
+    mean, std = raw.x_train.mean(), raw.x_train.std().clamp_min(1e-8)
+    return replace(raw, x_train=(raw.x_train - mean) / std, x_test=(raw.x_test - mean) / std)
+
+
+def idx_search_dirs(data_dir: Path | None, *, system: Path | None) -> list[Path]:
+    """Where IDX files are looked for, in order: --data-dir, $BATCHLAB_DATA, the system path."""
+    dirs: list[Path] = []
+    if data_dir is not None:
+        dirs.append(Path(data_dir))
+    if os.environ.get("BATCHLAB_DATA"):
+        dirs.append(Path(os.environ["BATCHLAB_DATA"]))
+    if system is not None:
+        dirs.append(system)
+    return dirs
+
+
+def _find_idx(dirs: list[Path], stem: str) -> Path | None:
+    for d in dirs:
+        for name in (stem, f"{stem}.gz"):
+            if (d / name).is_file():
+                return d / name
+    return None
+
+
+def load_idx_dataset(name: str, data_dir: Path | None, *, system: Path | None) -> RawData:
+    """MNIST-format data (Fashion-MNIST, MNIST, KMNIST): four IDX files, pixels scaled to [0, 1]."""
+    dirs = idx_search_dirs(data_dir, system=system)
+    arrays: dict[str, np.ndarray[Any, Any]] = {}
+    for key, stem in IDX_FILES.items():
+        path = _find_idx(dirs, stem)
+        if path is None:
+            looked = ", ".join(str(d) for d in dirs) or "(no directory given)"
+            hint = (
+                "install it with `apt-get install dataset-fashion-mnist` or pass --data-dir"
+                if name == "fashion-mnist"
+                else "pass --data-dir DIR or set BATCHLAB_DATA to the folder holding the IDX files"
+            )
+            raise DataError(f"{name}: {stem}[.gz] not found in {looked}; {hint}")
+        arrays[key] = read_idx(path)
+    x_train, x_test = arrays["x_train"], arrays["x_test"]
+    if x_train.ndim == 3:  # images N x H x W -> N x 1 x H x W
+        x_train, x_test = x_train[:, None], x_test[:, None]
+    raw = _as_raw(
+        x_train.astype(np.float32) / 255.0,
+        arrays["y_train"],
+        x_test.astype(np.float32) / 255.0,
+        arrays["y_test"],
+        where=name,
+    )
+    return _standardize(raw)
+
+
+def _fashion_mnist(args: Mapping[str, Any], data_dir: Path | None) -> RawData:
+    return load_idx_dataset("fashion-mnist", data_dir, system=SYSTEM_FASHION_MNIST)
+
+
+def _mnist(args: Mapping[str, Any], data_dir: Path | None) -> RawData:
+    return load_idx_dataset("mnist", data_dir, system=None)
+
+
+def _kmnist(args: Mapping[str, Any], data_dir: Path | None) -> RawData:
+    return load_idx_dataset("kmnist", data_dir, system=None)
+
+
+def _mnist1d(args: Mapping[str, Any], data_dir: Path | None) -> RawData:
+    """MNIST-1D generated locally by `mnist1d.data.make_dataset` (never `get_dataset`)."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    ds_args = get_dataset_args()
+    for k, v in args.items():
+        if not hasattr(ds_args, k):
+            raise DataError(
+                f"dataset_args.{k}: not an mnist1d option; see mnist1d's get_dataset_args"
+            )
+        setattr(ds_args, k, v)
+    d = make_dataset(ds_args)
+    return _as_raw(d["x"], d["y"], d["x_test"], d["y_test"], where="mnist1d")
+
+
+def _digits(args: Mapping[str, Any], data_dir: Path | None) -> RawData:
+    """scikit-learn's bundled 8x8 digits, split 75/25 with a fixed seed, stratified."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    x = bunch.images.astype(np.float32)[:, None] / 16.0
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x,
+        bunch.target,
+        test_size=float(args.get("test_size", 0.25)),
+        random_state=int(args.get("seed", 0)),
+        stratify=bunch.target,
+    )
+    return _standardize(_as_raw(x_tr, y_tr, x_te, y_te, where="digits"))
+
+
+def make_synthetic(
+    *,
+    kind: str = "mixture",
+    n_train: int = 2000,
+    n_test: int = 1000,
+    dim: int = 20,
+    classes: int = 4,
+    separation: float = 1.5,
+    label_noise: float = 0.0,
+    seed: int = 0,
+) -> RawData:
+    """A seeded classification task: a Gaussian mixture, or labels from a random teacher MLP."""
+    if kind not in ("mixture", "teacher"):
+        raise DataError(f"dataset_args.kind: {kind!r} is unknown; use mixture or teacher")
+    if min(n_train, n_test, dim) <= 0 or classes < 2:
+        raise DataError("dataset_args: need n_train, n_test, dim > 0 and classes >= 2")
+    g = torch.Generator().manual_seed(seed)
+    n = n_train + n_test
+    if kind == "mixture":
+        means = torch.randn(classes, dim, generator=g) * separation
+        y = torch.randint(0, classes, (n,), generator=g)
+        x = means[y] + torch.randn(n, dim, generator=g)
+    else:
+        hidden = 4 * dim
+        w1 = torch.randn(dim, hidden, generator=g) / dim**0.5
+        w2 = torch.randn(hidden, classes, generator=g) / hidden**0.5
+        x = torch.randn(n, dim, generator=g)
+        y = (torch.relu(x @ w1) @ w2).argmax(dim=1)
+    if label_noise > 0:
+        flip = torch.rand(n, generator=g) < label_noise
+        y = torch.where(flip, torch.randint(0, classes, (n,), generator=g), y)
+    return RawData(x_train=x[:n_train], y_train=y[:n_train], x_test=x[n_train:], y_test=y[n_train:])
+
+
+def _synthetic(args: Mapping[str, Any], data_dir: Path | None) -> RawData:
+    try:
+        return make_synthetic(**args)
+    except TypeError as err:
+        raise DataError(
+            f"dataset_args: {err}; synthetic takes kind, n_train, n_test, dim, classes, "
+            "separation, label_noise, seed"
+        ) from None
+
+
+def load_npz(path: Path) -> RawData:
+    """A .npz file with arrays x_train, y_train, x_test, y_test."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in IDX_FILES if k not in f.files]
+            if missing:
+                raise DataError(
+                    f"{path}: missing array(s) {', '.join(missing)}; "
+                    "an npz dataset needs x_train, y_train, x_test, y_test"
+                )
+            arrays = {k: f[k] for k in IDX_FILES}
+    except DataError:
+        raise
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot read npz dataset {path}: {err}") from None
+    return _as_raw(**arrays, where=str(path))
+
+
+def resolve_callable(ref: str, *, field: str) -> Callable[..., Any]:
+    """Import `package.module:function`, with a one-line error naming the field."""
+    module_name, _, attr = ref.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise DataError(f"{field}: cannot import module {module_name!r} ({err})") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise DataError(f"{field}: {module_name!r} has no function {attr!r}")
+    return fn  # type: ignore[no-any-return]
+
+
+def _user_dataset(ref: str, args: Mapping[str, Any]) -> RawData:
+    fn = resolve_callable(ref, field="dataset")
+    out = fn(**args)
+    if isinstance(out, Mapping):
+        try:
+            out = tuple(out[k] for k in IDX_FILES)
+        except KeyError as err:
+            raise DataError(f"dataset {ref}: returned dict lacks {err}") from None
+    if not isinstance(out, tuple | list) or len(out) != 4:
+        raise DataError(
+            f"dataset {ref}: must return (x_train, y_train, x_test, y_test) as tensors or arrays"
+        )
+    return _as_raw(*out, where=ref)
+
+
+BUILTIN: dict[str, Loader] = {
+    "fashion-mnist": _fashion_mnist,
+    "mnist": _mnist,
+    "kmnist": _kmnist,
+    "mnist1d": _mnist1d,
+    "digits": _digits,
+    "synthetic": _synthetic,
+}
+
+
+def load_raw(name: str, args: Mapping[str, Any], data_dir: Path | None = None) -> RawData:
+    """Dispatch a dataset name: a built-in, `npz:PATH`, or `package.module:function`."""
+    if name in BUILTIN:
+        return BUILTIN[name](args, data_dir)
+    if name.startswith("npz:"):
+        return load_npz(Path(name[4:]).expanduser())
+    if ":" in name:
+        return _user_dataset(name, args)
+    valid = ", ".join([*BUILTIN, "npz:PATH", "package.module:function"])
+    raise DataError(f"dataset: unknown dataset {name!r}; use one of {valid}")
+
+
+def split(
+    raw: RawData,
+    *,
+    name: str,
+    val_fraction: float,
+    data_seed: int,
+    train_subset: int | None = None,
+) -> Dataset:
+    """Hold out `val_fraction` of train with a fixed seed; then keep `train_subset` examples."""
+    n = int(raw.x_train.shape[0])
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(data_seed))
+    n_val = round(val_fraction * n)
+    val_idx, train_idx = perm[:n_val], perm[n_val:]
+    if train_subset is not None:
+        if train_subset > len(train_idx):
+            raise DataError(
+                f"train_subset: {train_subset} is more than the {len(train_idx)} training examples"
+            )
+        train_idx = train_idx[:train_subset]
+    num_classes = int(max(raw.y_train.max(), raw.y_test.max())) + 1
+    return Dataset(
+        name=name,
+        x_train=raw.x_train[train_idx].contiguous(),
+        y_train=raw.y_train[train_idx].contiguous(),
+        x_val=raw.x_train[val_idx].contiguous(),
+        y_val=raw.y_train[val_idx].contiguous(),
+        x_test=raw.x_test.contiguous(),
+        y_test=raw.y_test.contiguous(),
+        num_classes=num_classes,
+    )
+
+
+def load_dataset(
+    name: str,
+    *,
+    args: Mapping[str, Any] | None = None,
+    data_dir: Path | None = None,
+    val_fraction: float = 0.1,
+    data_seed: int = 0,
+    train_subset: int | None = None,
+) -> Dataset:
+    """Load and split a dataset; every failure is a one-line DataError."""
+    raw = load_raw(name, args or {}, data_dir)
+    return split(
+        raw, name=name, val_fraction=val_fraction, data_seed=data_seed, train_subset=train_subset
+    )

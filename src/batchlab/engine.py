@@ -1,0 +1,316 @@
+"""The engine: trains one trial, fast, and reports each evaluation through a callback.
+
+Read `train_trial` top to bottom: it is the whole training loop. The dataset already sits on the
+device as tensors; each epoch is a permutation drawn from a generator seeded by the trial, and a
+batch is one index-select, so there is no DataLoader (and no per-sample Python) in the hot loop.
+The last, partial batch of an epoch is kept, so every epoch sees every example exactly once.
+
+The engine knows nothing of storage: the caller persists `EvalRecord`s and `Checkpoint`s.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from batchlab.data import Dataset
+from batchlab.lr import warmup_lr
+from batchlab.models import build_model
+from batchlab.spec import StudySpec, TrialSpec
+from batchlab.trial import EvalRecord, TrialState
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` means CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Checkpoint:
+    """Everything needed to continue a trial bit-for-bit from an epoch boundary."""
+
+    eval_idx: int
+    step: int
+    samples: int
+    train_time_s: float
+    model_state: dict[str, torch.Tensor]
+    optimizer_state: dict[str, Any]
+    generator_state: torch.Tensor
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        torch.save(self.__dict__, buf)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, payload: bytes) -> Checkpoint:
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+        return cls(**state)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outcome:
+    """How a trial ended: COMPLETE or DIVERGED (the engine never returns FAILED; it raises)."""
+
+    state: TrialState
+    diverged_step: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Progress:
+    """A live view of a running trial, for progress bars."""
+
+    step: int
+    total_steps: int | None
+    train_loss: float
+    train_acc: float
+
+
+EvalSink = Callable[[EvalRecord, "Checkpoint | None"], None]
+
+
+def make_optimizer(spec: StudySpec, params: Any, lr: float) -> torch.optim.Optimizer:
+    if spec.optimizer == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=lr,
+            momentum=spec.momentum,
+            nesterov=spec.nesterov,
+            weight_decay=spec.weight_decay,
+        )
+    cls = torch.optim.Adam if spec.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=lr, betas=spec.betas, weight_decay=spec.weight_decay)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over (x, y), in large chunks; NaN for an empty split."""
+    if x.shape[0] == 0:
+        return math.nan, math.nan
+    was_training = model.training
+    model.eval()
+    loss = torch.zeros((), device=x.device, dtype=torch.float64)
+    correct = torch.zeros((), device=x.device, dtype=torch.int64)
+    for i in range(0, x.shape[0], batch):
+        out = model(x[i : i + batch])
+        loss += F.cross_entropy(out, y[i : i + batch], reduction="sum").double()
+        correct += (out.argmax(dim=1) == y[i : i + batch]).sum()
+    model.train(was_training)
+    n = x.shape[0]
+    return loss.item() / n, correct.item() / n  # one sync per split
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """CUDA: max allocated on the device. CPU: the process's peak resident set size."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def budget_steps(spec: StudySpec, batch_size: int, n_train: int) -> int | None:
+    """Updates a trial gets under the budget; None for a wall-clock budget."""
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    b = spec.budget
+    if b.epochs is not None:
+        return b.epochs * steps_per_epoch
+    if b.steps is not None:
+        return b.steps
+    if b.samples is not None:
+        return math.ceil(b.samples / batch_size)
+    return None
+
+
+def train_trial(
+    trial: TrialSpec,
+    data: Dataset,
+    *,
+    device: torch.device,
+    on_eval: EvalSink,
+    resume: Checkpoint | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> Outcome:
+    """Train one trial from scratch (or from `resume`) until its budget is spent or it diverges.
+
+    Evaluations happen before training (idx 0), every `eval_every` epochs, and at the end; each is
+    handed to `on_eval` with a checkpoint when it falls on an epoch boundary.
+    """
+    spec, B = trial.study, trial.batch_size
+    x, y = data.x_train, data.y_train
+    n = x.shape[0]
+    steps_per_epoch = math.ceil(n / B)
+    total_steps = budget_steps(spec, B, n)
+    seconds = spec.budget.seconds
+    warmup_steps = round(spec.warmup_epochs * steps_per_epoch)
+    # Reading the loss forces a device sync; on CPU that is free, on CUDA do it every 25 steps.
+    check_every = 1 if device.type == "cpu" else 25
+
+    model = build_model(
+        spec.model,
+        spec.model_args,
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
+        seed=trial.seed,
+    ).to(device)
+    optimizer = make_optimizer(spec, model.parameters(), trial.lr)
+    shuffle = torch.Generator().manual_seed(trial.seed)  # CPU generator: same order on any device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    step = samples = eval_idx = 0
+    train_time = 0.0
+    if resume is not None:
+        model.load_state_dict(resume.model_state)
+        optimizer.load_state_dict(resume.optimizer_state)
+        shuffle.set_state(resume.generator_state)
+        step, samples, train_time = resume.step, resume.samples, resume.train_time_s
+        eval_idx = resume.eval_idx + 1
+
+    def current_lr() -> float:
+        return float(optimizer.param_groups[0]["lr"])
+
+    def record(
+        *, run_loss: float, run_acc: float, window_samples: int, window_time: float, full: bool
+    ) -> EvalRecord:
+        t0 = time.perf_counter()
+        val = evaluate(model, data.x_val, data.y_val, spec.eval_batch_size)
+        test = evaluate(model, data.x_test, data.y_test, spec.eval_batch_size)
+        tr = evaluate(model, x, y, spec.eval_batch_size) if full else (math.nan, math.nan)
+        eval_time = time.perf_counter() - t0
+        return EvalRecord(
+            idx=eval_idx,
+            epoch=samples / n,
+            step=step,
+            samples=samples,
+            current_lr=current_lr(),
+            train_loss=run_loss,
+            train_acc=run_acc,
+            val_loss=val[0],
+            val_acc=val[1],
+            test_loss=test[0],
+            test_acc=test[1],
+            full_train_loss=tr[0],
+            full_train_acc=tr[1],
+            train_time_s=train_time,
+            eval_time_s=eval_time,
+            samples_per_s=window_samples / window_time if window_time > 0 else math.nan,
+            peak_mem_bytes=peak_memory_bytes(device),
+        )
+
+    def checkpoint() -> Checkpoint:
+        return Checkpoint(
+            eval_idx=eval_idx,
+            step=step,
+            samples=samples,
+            train_time_s=train_time,
+            model_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            optimizer_state=_to_cpu(optimizer.state_dict()),
+            generator_state=shuffle.get_state(),
+        )
+
+    if resume is None:
+        rec = record(
+            run_loss=math.nan, run_acc=math.nan, window_samples=0, window_time=0, full=True
+        )
+        on_eval(rec, checkpoint())
+        eval_idx += 1
+
+    model.train()
+    epoch = samples // n
+    done = (total_steps is not None and step >= total_steps) or (
+        seconds is not None and train_time >= seconds
+    )
+    while not done:
+        # ---- one epoch (or the part of it the budget allows) -------------------------------------
+        perm = torch.randperm(n, generator=shuffle).to(device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        seen = 0
+        _sync(device)
+        t_start = time.perf_counter()
+        for i in range(0, n, B):
+            if warmup_steps and step <= warmup_steps:
+                for group in optimizer.param_groups:
+                    group["lr"] = warmup_lr(
+                        step, lr_ref=trial.lr_base, lr=trial.lr, warmup_steps=warmup_steps
+                    )
+            idx = perm[i : i + B]
+            xb, yb = x[idx], y[idx]
+            out = model(xb)
+            loss = F.cross_entropy(out, yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+            step += 1
+            bs = idx.shape[0]
+            seen += bs
+            samples += bs
+            loss_sum += loss.detach() * bs
+            correct += (out.argmax(dim=1) == yb).sum()
+            if step % check_every == 0:
+                if not math.isfinite(loss_sum.item()):  # deliberate sync (free on CPU)
+                    return Outcome(state=TrialState.DIVERGED, diverged_step=step)
+                if seconds is not None and train_time + time.perf_counter() - t_start >= seconds:
+                    done = True
+            if total_steps is not None and step >= total_steps:
+                done = True
+            if done:
+                break
+            if on_progress is not None and step % 200 == 0:
+                on_progress(
+                    Progress(
+                        step=step, total_steps=total_steps, train_loss=math.nan, train_acc=math.nan
+                    )
+                )
+        _sync(device)
+        window = time.perf_counter() - t_start
+        train_time += window
+        run_loss, run_acc = loss_sum.item() / seen, correct.item() / seen
+        if not math.isfinite(run_loss):
+            return Outcome(state=TrialState.DIVERGED, diverged_step=step)
+        if seconds is not None and train_time >= seconds:
+            done = True
+        epoch_end = samples % n == 0
+        epoch = samples // n
+        if done or (epoch_end and epoch % spec.eval_every == 0):
+            full = done or (spec.train_eval_every > 0 and epoch % spec.train_eval_every == 0)
+            rec = record(
+                run_loss=run_loss,
+                run_acc=run_acc,
+                window_samples=seen,
+                window_time=window,
+                full=full,
+            )
+            on_eval(rec, checkpoint() if epoch_end else None)
+            eval_idx += 1
+        if on_progress is not None:
+            on_progress(
+                Progress(step=step, total_steps=total_steps, train_loss=run_loss, train_acc=run_acc)
+            )
+    return Outcome(state=TrialState.COMPLETE)
+
+
+def _to_cpu(obj: Any) -> Any:
+    """Deep-copy an optimizer state dict with every tensor moved to the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj

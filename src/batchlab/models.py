@@ -1,0 +1,129 @@
+"""Models: the seeds' simple MLP (no BatchNorm), a small CNN, and users' own factories.
+
+A factory is called as `factory(input_shape=..., num_classes=..., **model_args)`, passing only the
+keywords it accepts, and must return an `nn.Module` mapping a batch to class logits.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from batchlab.data import resolve_callable
+from batchlab.errors import SpecError
+
+
+class MLP(nn.Sequential):
+    """Flatten, then Linear + ReLU per hidden width, then a linear classifier. No BatchNorm."""
+
+    def __init__(self, *, input_shape: Sequence[int], num_classes: int, widths: Sequence[int]):
+        layers: list[nn.Module] = [nn.Flatten()]
+        fan_in = math.prod(input_shape)
+        for w in widths:
+            layers += [nn.Linear(fan_in, w), nn.ReLU()]
+            fan_in = w
+        layers.append(nn.Linear(fan_in, num_classes))
+        super().__init__(*layers)
+
+
+class CNN(nn.Module):
+    """Conv blocks (conv, optional BatchNorm, ReLU, max-pool 2), then a hidden linear layer.
+
+    Works on images (C, H, W) with 2-D convolutions and on signals (L,) or (C, L) with 1-D ones.
+    """
+
+    def __init__(
+        self,
+        *,
+        input_shape: Sequence[int],
+        num_classes: int,
+        channels: Sequence[int] = (32, 64),
+        hidden: int = 128,
+        kernel_size: int = 3,
+        batchnorm: bool = False,
+    ):
+        super().__init__()
+        shape = tuple(input_shape)
+        self.unsqueeze = len(shape) == 1
+        if self.unsqueeze:
+            shape = (1, *shape)
+        if len(shape) not in (2, 3):
+            raise SpecError(
+                f"model: cnn needs inputs of shape (L,), (C, L) or (C, H, W), got {shape}"
+            )
+        two_d = len(shape) == 3
+        conv = nn.Conv2d if two_d else nn.Conv1d
+        norm = nn.BatchNorm2d if two_d else nn.BatchNorm1d
+        pool = nn.MaxPool2d if two_d else nn.MaxPool1d
+        blocks: list[nn.Module] = []
+        c_in = shape[0]
+        spatial = min(shape[1:])
+        for c in channels:
+            blocks += [conv(c_in, c, kernel_size, padding=kernel_size // 2)]
+            if batchnorm:
+                blocks.append(norm(c))
+            blocks.append(nn.ReLU())
+            if spatial >= 2:
+                blocks.append(pool(2))
+                spatial //= 2
+            c_in = c
+        self.features = nn.Sequential(*blocks)
+        with torch.no_grad():
+            n_flat = self.features(torch.zeros(1, *shape)).numel()
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(n_flat, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.unsqueeze:
+            x = x.unsqueeze(1)
+        out: torch.Tensor = self.head(self.features(x))
+        return out
+
+
+def _call_with_accepted(fn: Any, kwargs: dict[str, Any], *, field: str) -> Any:
+    params = inspect.signature(fn).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    accepted = kwargs if takes_any else {k: v for k, v in kwargs.items() if k in params}
+    try:
+        return fn(**accepted)
+    except TypeError as err:
+        raise SpecError(f"{field}: {err}") from None
+
+
+def build_model(
+    name: str,
+    model_args: dict[str, Any],
+    *,
+    input_shape: Sequence[int],
+    num_classes: int,
+    seed: int,
+) -> nn.Module:
+    """Build a model with weights drawn from `seed`, without touching the global RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if name == "mlp":
+            unknown = set(model_args) - {"widths"}
+            if unknown:
+                raise SpecError(f"model_args: mlp takes only 'widths', not {sorted(unknown)}")
+            widths = model_args.get("widths", [512, 512])
+            return MLP(input_shape=input_shape, num_classes=num_classes, widths=widths)
+        if name == "cnn":
+            allowed = {"channels", "hidden", "kernel_size", "batchnorm"}
+            unknown = set(model_args) - allowed
+            if unknown:
+                raise SpecError(f"model_args: cnn takes {sorted(allowed)}, not {sorted(unknown)}")
+            return CNN(input_shape=input_shape, num_classes=num_classes, **model_args)
+        if ":" in name:
+            fn = resolve_callable(name, field="model")
+            kwargs = {"input_shape": tuple(input_shape), "num_classes": num_classes, **model_args}
+            model = _call_with_accepted(fn, kwargs, field="model_args")
+            if not isinstance(model, nn.Module):
+                raise SpecError(f"model: {name} returned {type(model).__name__}, not an nn.Module")
+            return model
+    raise SpecError(f"model: unknown model {name!r}; use mlp, cnn or package.module:function")

@@ -1,0 +1,291 @@
+"""The results store: SQLite (stdlib, WAL), one file, every result durable as soon as it exists.
+
+Tables: `studies` (name, spec), `trials` (resolved spec, state, lr used, provenance), `evals`
+(one row per trial per evaluation) and `checkpoints` (the latest per-epoch checkpoint of each
+unfinished trial). An evaluation row and the checkpoint taken at the same moment are written in
+one transaction, so a killed process never leaves one without the other.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from batchlab.errors import StoreError
+from batchlab.trial import EvalRecord, FrozenTrial, TrialState
+
+SCHEMA_VERSION = 1
+_EVAL_COLUMNS = EvalRecord.columns()
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS studies (
+    name TEXT PRIMARY KEY,
+    spec_json TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS trials (
+    trial_id TEXT PRIMARY KEY,
+    study TEXT NOT NULL REFERENCES studies(name),
+    number INTEGER NOT NULL,
+    batch_size INTEGER NOT NULL,
+    lr_base REAL NOT NULL,
+    lr REAL NOT NULL,
+    seed INTEGER NOT NULL,
+    params_json TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    diverged_step INTEGER,
+    started_at REAL,
+    ended_at REAL,
+    provenance_json TEXT NOT NULL DEFAULT '{{}}'
+);
+CREATE INDEX IF NOT EXISTS trials_by_study ON trials(study, number);
+CREATE TABLE IF NOT EXISTS evals (
+    trial_id TEXT NOT NULL REFERENCES trials(trial_id),
+    {
+    ", ".join(
+        f"{c} {'INTEGER' if c in ('idx', 'step', 'samples', 'peak_mem_bytes') else 'REAL'}"
+        for c in _EVAL_COLUMNS
+    )
+},
+    PRIMARY KEY (trial_id, idx)
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    trial_id TEXT PRIMARY KEY REFERENCES trials(trial_id),
+    eval_idx INTEGER NOT NULL,
+    payload BLOB NOT NULL
+);
+"""
+
+
+def _nan_to_none(v: Any) -> Any:
+    return None if isinstance(v, float) and v != v else v
+
+
+def _none_to_nan(v: Any) -> Any:
+    return float("nan") if v is None else v
+
+
+class Store:
+    """A study store backed by one SQLite file. Open it, use it, close it (or use `with`)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+        except sqlite3.DatabaseError as err:
+            raise StoreError(
+                f"store {self.path}: cannot open as a batchlab SQLite store ({err})"
+            ) from None
+
+    @classmethod
+    def open_existing(cls, path: str | Path) -> Store:
+        """Open a store that must already exist (read paths never create an empty file)."""
+        if not Path(path).is_file():
+            raise StoreError(f"store {path} does not exist; run a study first or pass --store PATH")
+        return cls(path)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # ---- studies ---------------------------------------------------------------------------------
+    def put_study(self, name: str, spec: dict[str, Any]) -> bool:
+        """Create or update a study's spec; True when the stored spec changed."""
+        blob = json.dumps(spec, sort_keys=True)
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute("SELECT spec_json FROM studies WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                db.execute(
+                    "INSERT INTO studies(name, spec_json, created_at, updated_at) VALUES (?,?,?,?)",
+                    (name, blob, now, now),
+                )
+                return False
+            if row[0] == blob:
+                return False
+            db.execute(
+                "UPDATE studies SET spec_json = ?, updated_at = ? WHERE name = ?", (blob, now, name)
+            )
+            return True
+
+    def study_names(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT name FROM studies ORDER BY created_at")]
+
+    def study_spec(self, name: str) -> dict[str, Any]:
+        row = self._db.execute("SELECT spec_json FROM studies WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            known = ", ".join(self.study_names()) or "none"
+            raise StoreError(f"no study named {name!r} in {self.path} (studies: {known})")
+        return dict(json.loads(row[0]))
+
+    def study_summary(self) -> list[dict[str, Any]]:
+        """One dict per study: name, trial counts per state, creation time."""
+        out = []
+        for name, created in self._db.execute(
+            "SELECT name, created_at FROM studies ORDER BY created_at"
+        ).fetchall():
+            counts = dict(
+                self._db.execute(
+                    "SELECT state, COUNT(*) FROM trials WHERE study = ? GROUP BY state", (name,)
+                ).fetchall()
+            )
+            out.append({"name": name, "created_at": created, "states": counts})
+        return out
+
+    # ---- trials ----------------------------------------------------------------------------------
+    def add_trials(self, study: str, trials: Sequence[dict[str, Any]]) -> None:
+        """Register trials (WAITING) that are not in the store yet; existing ones are left as is."""
+        with self._tx() as db:
+            (start,) = db.execute(
+                "SELECT COALESCE(MAX(number) + 1, 0) FROM trials WHERE study = ?", (study,)
+            ).fetchone()
+            number = int(start)
+            for t in trials:
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO trials(trial_id, study, number, batch_size, lr_base, lr,"
+                    " seed, params_json, state) VALUES (?,?,?,?,?,?,?,?,?)",
+                    (
+                        t["trial_id"],
+                        study,
+                        number,
+                        t["batch_size"],
+                        t["lr_base"],
+                        t["lr"],
+                        t["seed"],
+                        json.dumps(t["params"], sort_keys=True),
+                        TrialState.WAITING.value,
+                    ),
+                )
+                number += cur.rowcount
+
+    def trial_state(self, trial_id: str) -> TrialState:
+        row = self._db.execute(
+            "SELECT state FROM trials WHERE trial_id = ?", (trial_id,)
+        ).fetchone()
+        if row is None:
+            raise StoreError(f"no trial {trial_id!r} in {self.path}")
+        return TrialState(row[0])
+
+    def start_trial(self, trial_id: str, provenance: dict[str, Any]) -> tuple[int, bytes | None]:
+        """Mark a trial RUNNING and return (last eval idx kept, checkpoint payload or None).
+
+        Evaluation rows recorded after the checkpoint (by a run that was killed before its next
+        checkpoint) are deleted here, so the resumed run writes them again exactly once.
+        """
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT eval_idx, payload FROM checkpoints WHERE trial_id = ?", (trial_id,)
+            ).fetchone()
+            keep = int(row[0]) if row else -1
+            db.execute("DELETE FROM evals WHERE trial_id = ? AND idx > ?", (trial_id, keep))
+            db.execute(
+                "UPDATE trials SET state = ?, attempts = attempts + 1, started_at ="
+                " COALESCE(started_at, ?), provenance_json = ?, error = NULL WHERE trial_id = ?",
+                (TrialState.RUNNING.value, time.time(), json.dumps(provenance), trial_id),
+            )
+            return keep, (bytes(row[1]) if row else None)
+
+    def add_eval(self, trial_id: str, record: EvalRecord, checkpoint: bytes | None) -> None:
+        """Store one evaluation and, in the same transaction, the checkpoint taken with it."""
+        values = [_nan_to_none(v) for v in record.as_dict().values()]
+        with self._tx() as db:
+            db.execute(
+                f"INSERT INTO evals(trial_id, {', '.join(_EVAL_COLUMNS)})"
+                f" VALUES (?, {', '.join('?' for _ in _EVAL_COLUMNS)})",
+                (trial_id, *values),
+            )
+            if checkpoint is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO checkpoints(trial_id, eval_idx, payload)"
+                    " VALUES (?,?,?)",
+                    (trial_id, record.idx, checkpoint),
+                )
+
+    def finish_trial(
+        self,
+        trial_id: str,
+        state: TrialState,
+        *,
+        error: str | None = None,
+        diverged_step: int | None = None,
+    ) -> None:
+        """Record a final state and drop the checkpoint, which is no longer needed."""
+        assert state.is_finished, state
+        with self._tx() as db:
+            db.execute(
+                "UPDATE trials SET state = ?, error = ?, diverged_step = ?, ended_at = ?"
+                " WHERE trial_id = ?",
+                (state.value, error, diverged_step, time.time(), trial_id),
+            )
+            db.execute("DELETE FROM checkpoints WHERE trial_id = ?", (trial_id,))
+
+    def trials(self, study: str) -> list[FrozenTrial]:
+        """Every trial of a study, in registration order, with its evaluations."""
+        self.study_spec(study)  # raises a clear error for an unknown study
+        evals: dict[str, list[EvalRecord]] = {}
+        for row in self._db.execute(
+            f"SELECT trial_id, {', '.join(_EVAL_COLUMNS)} FROM evals WHERE trial_id IN"
+            " (SELECT trial_id FROM trials WHERE study = ?) ORDER BY trial_id, idx",
+            (study,),
+        ):
+            values = dict(zip(_EVAL_COLUMNS, (_none_to_nan(v) for v in row[1:]), strict=True))
+            evals.setdefault(row[0], []).append(EvalRecord(**values))
+        out = []
+        for row in self._db.execute(
+            "SELECT trial_id, number, batch_size, lr_base, lr, seed, params_json, state, error,"
+            " diverged_step, started_at, ended_at, provenance_json FROM trials WHERE study = ?"
+            " ORDER BY number",
+            (study,),
+        ):
+            out.append(
+                FrozenTrial(
+                    trial_id=row[0],
+                    study=study,
+                    number=row[1],
+                    batch_size=row[2],
+                    lr_base=row[3],
+                    lr=row[4],
+                    seed=row[5],
+                    params=json.loads(row[6]),
+                    state=TrialState(row[7]),
+                    evals=tuple(evals.get(row[0], ())),
+                    error=row[8],
+                    diverged_step=row[9],
+                    started_at=row[10],
+                    ended_at=row[11],
+                    provenance=json.loads(row[12]),
+                )
+            )
+        return out

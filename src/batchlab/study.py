@@ -1,0 +1,273 @@
+"""Running and loading studies: the Python API (`run_study`, `load_study`, `Study`).
+
+Running a study validates everything first (spec, dataset, model, batch sizes against the
+training set) and only then opens the store, so bad input never leaves a trace. Trials are
+registered as WAITING, then run one by one; COMPLETE/DIVERGED/FAILED trials are skipped on a rerun
+and RUNNING ones (from a killed run) continue from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import subprocess
+import sys
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import pandas as pd
+import torch
+
+from batchlab._version import __version__
+from batchlab.data import Dataset, load_dataset
+from batchlab.engine import (
+    Checkpoint,
+    Outcome,
+    Progress,
+    budget_steps,
+    resolve_device,
+    train_trial,
+)
+from batchlab.errors import SpecError
+from batchlab.models import build_model
+from batchlab.spec import StudySpec, TrialSpec, load_spec, spec_from_dict
+from batchlab.store import Store
+from batchlab.trial import EvalRecord, FrozenTrial, TrialState
+
+DEFAULT_STORE = Path("batchlab.db")
+TRIAL_COLUMNS = [
+    "study",
+    "trial_id",
+    "number",
+    "batch_size",
+    "lr_base",
+    "lr",
+    "seed",
+    "state",
+    "diverged_step",
+    "optimizer",
+    "dataset",
+    "model",
+]
+
+
+class Study:
+    """A study as stored: its spec, its trials, and a tidy DataFrame of every evaluation."""
+
+    def __init__(self, *, name: str, spec: StudySpec, trials: list[FrozenTrial], store: Path):
+        self.name = name
+        self.spec = spec
+        self.trials = trials
+        self.store = store
+
+    def __repr__(self) -> str:
+        return f"Study(name={self.name!r}, trials={len(self.trials)}, store={str(self.store)!r})"
+
+    def trials_in(self, *states: TrialState) -> list[FrozenTrial]:
+        return [t for t in self.trials if t.state in states]
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """One row per trial per evaluation (a trial with no evaluation still gets one row)."""
+        rows: list[dict[str, Any]] = []
+        blank = dict.fromkeys(EvalRecord.columns(), float("nan"))
+        for t in self.trials:
+            head = {
+                "study": t.study,
+                "trial_id": t.trial_id,
+                "number": t.number,
+                "batch_size": t.batch_size,
+                "lr_base": t.lr_base,
+                "lr": t.lr,
+                "seed": t.seed,
+                "state": t.state.value,
+                "diverged_step": t.diverged_step,
+                "optimizer": t.params.get("optimizer"),
+                "dataset": t.params.get("dataset"),
+                "model": t.params.get("model"),
+            }
+            for e in t.evals or (None,):
+                rows.append({**head, **(e.as_dict() if e is not None else blank)})
+        return pd.DataFrame(rows, columns=[*TRIAL_COLUMNS, *EvalRecord.columns()])
+
+
+def load_study(name: str, store: str | Path = DEFAULT_STORE) -> Study:
+    """Load a stored study by name (like `optuna.load_study`)."""
+    with Store.open_existing(store) as s:
+        spec = spec_from_dict(s.study_spec(name), source=f"stored study {name!r}")
+        return Study(name=name, spec=spec, trials=s.trials(name), store=Path(store))
+
+
+class Reporter(Protocol):
+    """What a progress display implements; `NullReporter` ignores everything."""
+
+    def study_started(self, spec: StudySpec, total: int, already_done: int) -> None: ...
+    def trial_started(self, trial: TrialSpec, total_steps: int | None) -> None: ...
+    def trial_progress(self, progress: Progress) -> None: ...
+    def trial_finished(self, trial: TrialSpec, state: TrialState) -> None: ...
+    def study_finished(self) -> None: ...
+
+
+class NullReporter:
+    def study_started(self, spec: StudySpec, total: int, already_done: int) -> None:
+        pass
+
+    def trial_started(self, trial: TrialSpec, total_steps: int | None) -> None:
+        pass
+
+    def trial_progress(self, progress: Progress) -> None:
+        pass
+
+    def trial_finished(self, trial: TrialSpec, state: TrialState) -> None:
+        pass
+
+    def study_finished(self) -> None:
+        pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreparedStudy:
+    """A validated spec with its data loaded: everything checked before the store is touched."""
+
+    spec: StudySpec
+    data: Dataset
+    device: torch.device
+
+
+def prepare(spec: StudySpec, *, data_dir: Path | None = None) -> PreparedStudy:
+    """Load the data and check the spec against it (batch sizes, model); raise one-line errors."""
+    data = load_dataset(
+        spec.dataset,
+        args=spec.dataset_args,
+        data_dir=data_dir,
+        val_fraction=spec.val_fraction,
+        data_seed=spec.data_seed,
+        train_subset=spec.train_subset,
+    )
+    too_big = [b for b in spec.batch_sizes if b > data.n_train]
+    if too_big:
+        raise SpecError(
+            f"batch_sizes: {too_big} exceed the {data.n_train} training examples;"
+            f" use batch sizes <= {data.n_train}"
+        )
+    build_model(
+        spec.model,
+        spec.model_args,
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
+        seed=0,
+    )
+    try:
+        device = resolve_device(spec.device)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as err:
+        raise SpecError(f"device: {spec.device!r} is not usable here ({err}); use cpu") from None
+    return PreparedStudy(spec=spec, data=data.to(device), device=device)
+
+
+def provenance(device: torch.device) -> dict[str, Any]:
+    """Where and with what a trial ran: versions, device, threads, git commit when available."""
+    if device.type == "cuda":
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        device_name = platform.processor() or platform.machine()
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=2, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "batchlab": __version__,
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "device": str(device),
+        "device_name": device_name,
+        "threads": torch.get_num_threads(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "git_commit": commit,
+    }
+
+
+def _run_one(
+    store: Store,
+    trial: TrialSpec,
+    prepared: PreparedStudy,
+    reporter: Reporter,
+    prov: dict[str, Any],
+) -> TrialState:
+    tid = trial.trial_id
+    _, payload = store.start_trial(tid, prov)
+    resume = Checkpoint.from_bytes(payload) if payload is not None else None
+
+    def sink(record: EvalRecord, ckpt: Checkpoint | None) -> None:
+        store.add_eval(tid, record, ckpt.to_bytes() if ckpt is not None else None)
+
+    try:
+        outcome: Outcome = train_trial(
+            trial,
+            prepared.data,
+            device=prepared.device,
+            on_eval=sink,
+            resume=resume,
+            on_progress=reporter.trial_progress,
+        )
+    except Exception:  # any failure of one trial is recorded, and the study goes on
+        store.finish_trial(tid, TrialState.FAILED, error=traceback.format_exc())
+        return TrialState.FAILED
+    store.finish_trial(tid, outcome.state, diverged_step=outcome.diverged_step)
+    return outcome.state
+
+
+def run_study(
+    spec: StudySpec | str | Path | dict[str, Any],
+    *,
+    store: str | Path = DEFAULT_STORE,
+    data_dir: Path | None = None,
+    overrides: Sequence[str] = (),
+    reporter: Reporter | None = None,
+) -> Study:
+    """Run (or resume) a study and return it as stored.
+
+    `spec` is a StudySpec, a path to a TOML file, or a dict of spec fields.
+    """
+    if isinstance(spec, str | Path):
+        spec = load_spec(Path(spec), overrides=list(overrides))
+    elif isinstance(spec, dict):
+        spec = load_spec(base=spec, overrides=list(overrides))
+    elif overrides:
+        spec = load_spec(base=spec.to_toml_dict(), overrides=list(overrides))
+    reporter = reporter or NullReporter()
+    if spec.threads is not None:
+        torch.set_num_threads(spec.threads)
+    prepared = prepare(spec, data_dir=data_dir)
+    trials = spec.trials()
+    with Store(store) as s:
+        s.put_study(spec.name, spec.to_toml_dict())
+        s.add_trials(
+            spec.name,
+            [
+                {
+                    "trial_id": t.trial_id,
+                    "batch_size": t.batch_size,
+                    "lr_base": t.lr_base,
+                    "lr": t.lr,
+                    "seed": t.seed,
+                    "params": t.params(),
+                }
+                for t in trials
+            ],
+        )
+        todo = [t for t in trials if not s.trial_state(t.trial_id).is_finished]
+        reporter.study_started(spec, len(trials), len(trials) - len(todo))
+        prov = provenance(prepared.device)
+        for t in todo:
+            reporter.trial_started(t, budget_steps(spec, t.batch_size, prepared.data.n_train))
+            state = _run_one(s, t, prepared, reporter, prov)
+            reporter.trial_finished(t, state)
+        reporter.study_finished()
+    return load_study(spec.name, store)
