@@ -112,6 +112,12 @@ def build_model(
             if unknown:
                 raise SpecError(f"model_args: mlp takes only 'widths', not {sorted(unknown)}")
             widths = model_args.get("widths", [512, 512])
+            if not isinstance(widths, list | tuple) or not all(
+                isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths
+            ):
+                raise SpecError(
+                    f"model_args.widths: need a list of positive integers, got {widths!r}"
+                )
             return MLP(input_shape=input_shape, num_classes=num_classes, widths=widths)
         if name == "cnn":
             allowed = {"channels", "hidden", "kernel_size", "batchnorm"}

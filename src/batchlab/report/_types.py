@@ -1,0 +1,53 @@
+"""What the report needs from a study, as a Protocol, so it stays independent of the store.
+
+`batchlab.study.Study` satisfies `StudyLike`; tests build tiny fakes from `FrozenTrial`s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from batchlab.errors import BatchlabError
+from batchlab.trial import FrozenTrial
+
+
+class ReportError(BatchlabError):
+    """A report cannot be built from what was given (one line, says how to fix it)."""
+
+
+class BudgetLike(Protocol):
+    """The budget every trial was given: its kind ("epochs", "steps", "samples", "seconds")."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def value(self) -> float: ...
+
+
+class SpecLike(Protocol):
+    """The parts of a study spec the report reads."""
+
+    @property
+    def budget(self) -> BudgetLike: ...
+    @property
+    def lr_scaling(self) -> str: ...
+    @property
+    def reference_batch_size(self) -> int: ...
+    @property
+    def dataset(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def optimizer(self) -> str: ...
+
+
+class StudyLike(Protocol):
+    """A stored study: its name, its spec and its (finished or not) trials."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def spec(self) -> SpecLike: ...
+    @property
+    def trials(self) -> Sequence[FrozenTrial]: ...

@@ -1,0 +1,41 @@
+"""Shared fixtures: a tiny synthetic study that trains in a fraction of a second."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SpecFactory = Callable[..., dict[str, Any]]
+
+
+def tiny_spec(**overrides: Any) -> dict[str, Any]:
+    """A study spec dict on a small synthetic task; override any field by keyword."""
+    spec: dict[str, Any] = {
+        "name": "tiny",
+        "dataset": "synthetic",
+        "dataset_args": {"n_train": 256, "n_test": 128, "dim": 8, "classes": 3},
+        "model": "mlp",
+        "model_args": {"widths": [16]},
+        "lrs": [0.1],
+        "batch_sizes": [8, 64],
+        "seeds": [0],
+        "budget": {"epochs": 2},
+        "val_fraction": 0.25,
+        "device": "cpu",
+    }
+    spec.update(overrides)
+    return spec
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    return tmp_path / "results.db"
+
+
+@pytest.fixture
+def make_spec() -> SpecFactory:
+    """`make_spec(**overrides)` -> a tiny synthetic study spec dict."""
+    return tiny_spec
