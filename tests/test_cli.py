@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 import batchlab
+from batchlab.cli import main
 
 TINY = """
 name = "cli"
@@ -94,19 +95,34 @@ def test_run_show_ls_export(tmp_path: Path) -> None:
     ],
 )
 def test_bad_input_is_one_line_exit_2_nothing_stored(
-    tmp_path: Path, args: list[str], needle: str
+    tmp_path: Path,
+    args: list[str],
+    needle: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    # In-process for speed; test_bad_input_as_a_real_process checks the same through a process.
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "s.toml").write_text(TINY)
     (tmp_path / "bad.toml").write_text("name = 'x'\nlrs = [")
-    out = (
-        blab(*args, "--store", "r.db", cwd=tmp_path)
-        if args[0] == "run"
-        else blab(*args, cwd=tmp_path)
-    )
-    assert out.returncode == 2, out.stderr
-    assert needle in out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+    argv = [*args, "--store", "r.db"] if args[0] == "run" else args
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert needle in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "r.db").exists() and not (tmp_path / "none.db").exists()
+
+
+def test_bad_input_as_a_real_process(tmp_path: Path) -> None:
+    (tmp_path / "s.toml").write_text(TINY)
+    out = blab("run", "s.toml", "--store", "r.db", "--set", "budget.epochz=1", cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        "batchlab: error: s.toml: unknown key 'budget.epochz'; did you mean 'epochs'?"
+    )
+    assert not (tmp_path / "r.db").exists()
 
 
 def _rows(db: Path) -> list[tuple[object, ...]]:
