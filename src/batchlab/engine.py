@@ -123,17 +123,44 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def budget_steps(spec: StudySpec, batch_size: int, n_train: int) -> int | None:
-    """Updates a trial gets under the budget; None for a wall-clock budget."""
-    steps_per_epoch = math.ceil(n_train / batch_size)
-    b = spec.budget
-    if b.epochs is not None:
-        return b.epochs * steps_per_epoch
-    if b.steps is not None:
-        return b.steps
-    if b.samples is not None:
-        return math.ceil(b.samples / batch_size)
-    return None
+def epoch_plan(trial: TrialSpec, epoch: int, n_train: int) -> tuple[int, float]:
+    """Batch size and lr for an epoch under the trial's batch and lr schedules.
+
+    Smith et al.: where a step schedule would divide the lr by k, multiply the batch by k instead,
+    until `max_batch`; past the cap the lr is divided. Milestones are stretched by Hoffer's regime
+    factor when regime adaptation is on.
+    """
+    spec, regime = trial.study, trial.regime_factor
+    batch, lr = trial.batch_size, trial.lr
+    if spec.batch_schedule is not None:
+        sched = spec.batch_schedule
+        for _ in range(sched.passed(epoch, regime)):
+            bigger = round(batch * sched.factor)
+            if sched.max_batch is not None and bigger > sched.max_batch:
+                lr /= sched.factor
+            else:
+                batch = bigger
+    if spec.lr_schedule is not None:
+        lr /= spec.lr_schedule.factor ** spec.lr_schedule.passed(epoch, regime)
+    return min(batch, n_train), lr
+
+
+def planned_steps(trial: TrialSpec, n_train: int) -> int | None:
+    """Updates a trial will make under its budget; None for a wall-clock budget."""
+    budget = trial.budget
+    if budget.steps is not None:
+        return budget.steps
+    if budget.seconds is not None:
+        return None
+    limit = budget.epochs * n_train if budget.epochs is not None else int(budget.value)
+    steps = samples = epoch = 0
+    while samples < limit:
+        batch, _ = epoch_plan(trial, epoch, n_train)
+        take = min(n_train, limit - samples)
+        steps += math.ceil(take / batch)
+        samples += take
+        epoch += 1
+    return steps
 
 
 def train_trial(
@@ -150,13 +177,10 @@ def train_trial(
     Evaluations happen before training (idx 0), every `eval_every` epochs, and at the end; each is
     handed to `on_eval` with a checkpoint when it falls on an epoch boundary.
     """
-    spec, B = trial.study, trial.batch_size
+    spec, budget = trial.study, trial.budget
     x, y = data.x_train, data.y_train
     n = x.shape[0]
-    steps_per_epoch = math.ceil(n / B)
-    total_steps = budget_steps(spec, B, n)
-    seconds = spec.budget.seconds
-    warmup_steps = round(spec.warmup_epochs * steps_per_epoch)
+    total_steps = planned_steps(trial, n)
     # Reading the loss forces a device sync; on CPU that is free, on CUDA do it every 25 steps.
     check_every = 1 if device.type == "cpu" else 25
 
@@ -183,6 +207,18 @@ def train_trial(
 
     def current_lr() -> float:
         return float(optimizer.param_groups[0]["lr"])
+
+    def set_lr(lr: float) -> None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+    def exhausted() -> bool:
+        return (
+            (budget.epochs is not None and samples >= budget.epochs * n)
+            or (budget.steps is not None and step >= budget.steps)
+            or (budget.samples is not None and samples >= budget.samples)
+            or (budget.seconds is not None and train_time >= budget.seconds)
+        )
 
     def record(
         *, run_loss: float, run_acc: float, window_samples: int, window_time: float, full: bool
@@ -231,12 +267,13 @@ def train_trial(
         eval_idx += 1
 
     model.train()
-    epoch = samples // n
-    done = (total_steps is not None and step >= total_steps) or (
-        seconds is not None and train_time >= seconds
-    )
-    while not done:
+    warmup_steps = round(spec.warmup_epochs * math.ceil(n / epoch_plan(trial, 0, n)[0]))
+    while not exhausted():
         # ---- one epoch (or the part of it the budget allows) -------------------------------------
+        epoch = samples // n
+        B, epoch_lr = epoch_plan(trial, epoch, n)
+        set_lr(epoch_lr)
+        micro = B // spec.accumulate  # gradient accumulation: k micro-batches, one update
         perm = torch.randperm(n, generator=shuffle).to(device)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
@@ -244,32 +281,46 @@ def train_trial(
         _sync(device)
         t_start = time.perf_counter()
         for i in range(0, n, B):
-            if warmup_steps and step <= warmup_steps:
-                for group in optimizer.param_groups:
-                    group["lr"] = warmup_lr(
-                        step, lr_ref=trial.lr_base, lr=trial.lr, warmup_steps=warmup_steps
-                    )
+            if step < warmup_steps:
+                set_lr(
+                    warmup_lr(step, lr_ref=trial.lr_base, lr=epoch_lr, warmup_steps=warmup_steps)
+                )
+            elif step == warmup_steps and warmup_steps:
+                set_lr(epoch_lr)
             idx = perm[i : i + B]
             xb, yb = x[idx], y[idx]
-            out = model(xb)
-            loss = F.cross_entropy(out, yb)
+            bs = idx.shape[0]
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
+            if spec.accumulate == 1:
+                out = model(xb)
+                loss = F.cross_entropy(out, yb)
+                loss.backward()  # type: ignore[no-untyped-call]
+                loss_sum += loss.detach() * bs
+                correct += (out.argmax(dim=1) == yb).sum()
+            else:
+                # Each micro-batch's mean loss is weighted by its share of the batch, so the
+                # summed gradient is the full batch's mean gradient (also for a partial batch).
+                for xm, ym in zip(xb.split(micro), yb.split(micro), strict=True):
+                    out = model(xm)
+                    loss = F.cross_entropy(out, ym) * (ym.shape[0] / bs)
+                    loss.backward()  # type: ignore[no-untyped-call]
+                    loss_sum += loss.detach() * bs
+                    correct += (out.argmax(dim=1) == ym).sum()
             optimizer.step()
             step += 1
-            bs = idx.shape[0]
             seen += bs
             samples += bs
-            loss_sum += loss.detach() * bs
-            correct += (out.argmax(dim=1) == yb).sum()
             if step % check_every == 0:
                 if not math.isfinite(loss_sum.item()):  # deliberate sync (free on CPU)
                     return Outcome(state=TrialState.DIVERGED, diverged_step=step)
-                if seconds is not None and train_time + time.perf_counter() - t_start >= seconds:
-                    done = True
-            if total_steps is not None and step >= total_steps:
-                done = True
-            if done:
+                if (
+                    budget.seconds is not None
+                    and train_time + time.perf_counter() - t_start >= budget.seconds
+                ):
+                    break
+            if (budget.steps is not None and step >= budget.steps) or (
+                budget.samples is not None and samples >= budget.samples
+            ):
                 break
             if on_progress is not None and step % 200 == 0:
                 on_progress(
@@ -283,12 +334,11 @@ def train_trial(
         run_loss, run_acc = loss_sum.item() / seen, correct.item() / seen
         if not math.isfinite(run_loss):
             return Outcome(state=TrialState.DIVERGED, diverged_step=step)
-        if seconds is not None and train_time >= seconds:
-            done = True
+        done = exhausted()
         epoch_end = samples % n == 0
-        epoch = samples // n
-        if done or (epoch_end and epoch % spec.eval_every == 0):
-            full = done or (spec.train_eval_every > 0 and epoch % spec.train_eval_every == 0)
+        epochs_done = samples // n
+        if done or (epoch_end and epochs_done % spec.eval_every == 0):
+            full = done or (spec.train_eval_every > 0 and epochs_done % spec.train_eval_every == 0)
             rec = record(
                 run_loss=run_loss,
                 run_acc=run_acc,

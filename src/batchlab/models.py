@@ -31,6 +31,26 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
 
 
+class GhostBatchNorm(nn.Module):
+    """BatchNorm whose training statistics come from fixed-size chunks of the batch (Hoffer et al.).
+
+    In training mode a batch of B is split into chunks of `ghost_batch` examples, each normalized
+    with its own mean and variance (and each updating the running statistics); in eval mode it is
+    plain BatchNorm with the running statistics.
+    """
+
+    def __init__(self, norm: nn.modules.batchnorm._BatchNorm, ghost_batch: int) -> None:
+        super().__init__()
+        self.norm = norm
+        self.ghost_batch = ghost_batch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or x.shape[0] <= self.ghost_batch:
+            out: torch.Tensor = self.norm(x)
+            return out
+        return torch.cat([self.norm(chunk) for chunk in x.split(self.ghost_batch)])
+
+
 class CNN(nn.Module):
     """Conv blocks (conv, optional BatchNorm, ReLU, max-pool 2), then a hidden linear layer.
 
@@ -46,12 +66,15 @@ class CNN(nn.Module):
         hidden: int = 128,
         kernel_size: int = 3,
         batchnorm: bool = False,
+        ghost_batch: int | None = None,
     ):
         super().__init__()
         shape = tuple(input_shape)
         self.unsqueeze = len(shape) == 1
         if self.unsqueeze:
             shape = (1, *shape)
+        if ghost_batch is not None and (not batchnorm or ghost_batch <= 0):
+            raise SpecError("model_args.ghost_batch: needs batchnorm = true and a positive size")
         if len(shape) not in (2, 3):
             raise SpecError(
                 f"model: cnn needs inputs of shape (L,), (C, L) or (C, H, W), got {shape}"
@@ -66,7 +89,9 @@ class CNN(nn.Module):
         for c in channels:
             blocks += [conv(c_in, c, kernel_size, padding=kernel_size // 2)]
             if batchnorm:
-                blocks.append(norm(c))
+                blocks.append(
+                    norm(c) if ghost_batch is None else GhostBatchNorm(norm(c), ghost_batch)
+                )
             blocks.append(nn.ReLU())
             if spatial >= 2:
                 blocks.append(pool(2))
@@ -120,7 +145,7 @@ def build_model(
                 )
             return MLP(input_shape=input_shape, num_classes=num_classes, widths=widths)
         if name == "cnn":
-            allowed = {"channels", "hidden", "kernel_size", "batchnorm"}
+            allowed = {"channels", "hidden", "kernel_size", "batchnorm", "ghost_batch"}
             unknown = set(model_args) - allowed
             if unknown:
                 raise SpecError(f"model_args: cnn takes {sorted(allowed)}, not {sorted(unknown)}")

@@ -67,6 +67,46 @@ class Budget(_Frozen):
         return float(v)
 
 
+class Schedule(_Frozen):
+    """A step schedule: at each milestone epoch, multiply the batch (or divide the lr) by factor.
+
+    For a batch schedule, `max_batch` caps the batch (Smith et al.): milestones past the cap
+    divide the lr by `factor` instead.
+    """
+
+    milestones: tuple[int, ...] = Field(min_length=1)
+    factor: float = Field(gt=1.0)
+    max_batch: int | None = Field(default=None, gt=0)
+
+    @field_validator("milestones")
+    @classmethod
+    def _increasing(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(m <= 0 for m in v) or list(v) != sorted(set(v)):
+            raise ValueError("milestones must be increasing positive epochs, e.g. [10, 20]")
+        return v
+
+    def passed(self, epoch: int, scale: int = 1) -> int:
+        """How many milestones (in epochs, stretched by `scale`) lie at or before `epoch`."""
+        return sum(epoch >= m * scale for m in self.milestones)
+
+
+def parse_lrs(value: object) -> object:
+    """A list of lrs, one lr, or "lo:hi:n" meaning n values log-spaced from lo to hi."""
+    if isinstance(value, str):
+        parts = value.split(":")
+        try:
+            lo, hi, num = float(parts[0]), float(parts[1]), int(parts[2])
+        except (IndexError, ValueError):
+            raise ValueError('use a list like [0.01, 0.1] or "lo:hi:n" for a log grid') from None
+        if len(parts) != 3 or not 0 < lo <= hi or num < 1:
+            raise ValueError(f'"{value}": need 0 < lo <= hi and n >= 1, e.g. "1e-4:1:9"')
+        if num == 1:
+            return [lo]
+        ratio = (hi / lo) ** (1 / (num - 1))
+        return [float(f"{lo * ratio**i:.6g}") for i in range(num)]
+    return value
+
+
 def parse_batch_sizes(value: object) -> tuple[int, ...]:
     """A list of sizes, or "lo:hi" meaning the powers of two from lo to hi inclusive."""
     if isinstance(value, str):
@@ -124,6 +164,13 @@ class StudySpec(_Frozen):
     eval_every: int = Field(default=1, gt=0)
     train_eval_every: int = Field(default=0, ge=0)
     eval_batch_size: int = Field(default=4096, gt=0)
+    probes: str | tuple[str, ...] | None = None
+    accumulate: int = Field(default=1, gt=0)
+    batch_schedule: Schedule | None = None
+    lr_schedule: Schedule | None = None
+    regime_adaptation: bool = False
+    controls: bool = False
+    variants: tuple[dict[str, Any], ...] = ()
     device: str = "auto"
     threads: int | None = Field(default=None, gt=0)
 
@@ -135,6 +182,7 @@ class StudySpec(_Frozen):
     @field_validator("lrs", mode="before")
     @classmethod
     def _lrs(cls, v: object) -> object:
+        v = parse_lrs(v)
         if isinstance(v, int | float) and not isinstance(v, bool):
             v = [v]
         if isinstance(v, list | tuple):
@@ -161,40 +209,143 @@ class StudySpec(_Frozen):
             raise ValueError(f"{v!r} is not a device; use auto, cpu, cuda or cuda:N")
         return v
 
-    def trials(self) -> list[TrialSpec]:
-        """The grid, in a fixed order: batch size, then lr, then seed."""
+    @model_validator(mode="after")
+    def _combinations(self) -> StudySpec:
+        bad = [b for b in self.batch_sizes if b % self.accumulate]
+        if bad:
+            raise ValueError(
+                f"accumulate: {self.accumulate} does not divide batch size {bad[0]};"
+                " choose a divisor of every batch size"
+            )
+        for key in ("batch_schedule", "lr_schedule"):
+            sched: Schedule | None = getattr(self, key)
+            if sched is None:
+                continue
+            if self.budget.epochs is None:
+                raise ValueError(f"{key}: milestones are epochs; use an epochs budget")
+            if sched.milestones[-1] >= self.budget.epochs:
+                raise ValueError(
+                    f"{key}: milestone {sched.milestones[-1]} is past the budget of"
+                    f" {self.budget.epochs} epochs; use milestones below it"
+                )
+        if self.controls and (self.budget.epochs is None and self.budget.samples is None):
+            raise ValueError("controls: need an epochs or samples budget (steps are already equal)")
+        if self.controls and len(self.batch_sizes) < 2:
+            raise ValueError("controls: need at least two batch sizes")
+        if self.controls and self.batch_schedule is not None:
+            raise ValueError("controls: not with a batch_schedule (update counts are not fixed)")
+        labels = [str(v.get("label", "")) for v in self.variants]
+        if any(not lab for lab in labels) or len(set(labels)) != len(labels):
+            raise ValueError('variants: every variant needs a unique label, e.g. label = "adam"')
+        return self
+
+    def resolved_variants(self) -> list[tuple[str, StudySpec]]:
+        """(label, spec) per variant; a study without variants is its own single variant."""
+        if not self.variants:
+            return [("", self)]
+        base = self.to_toml_dict()
         out = []
-        for b in self.batch_sizes:
-            for lr_base in self.lrs:
-                for seed in self.seeds:
-                    lr = scaled_lr(lr_base, b, self.reference_batch_size, self.lr_scaling)
-                    out.append(
-                        TrialSpec(study=self, batch_size=b, lr_base=lr_base, lr=lr, seed=seed)
-                    )
+        for i, v in enumerate(self.variants):
+            overrides = {k: val for k, val in v.items() if k != "label"}
+            banned = {"name", "variants", "description"} & set(overrides)
+            if banned:
+                raise SpecError(f"variants[{i}]: cannot override {sorted(banned)}")
+            data = {**base, **overrides, "variants": []}
+            out.append(
+                (str(v["label"]), spec_from_dict(data, source=f"variants[{i}] ({v['label']})"))
+            )
+        return out
+
+    def trials(self, n_train: int | None = None) -> list[TrialSpec]:
+        """The grid, in a fixed order: variant, batch size, lr, seed; then control runs.
+
+        Controls (`controls = true`) give every batch size above the smallest as many updates as
+        the smallest got; they need `n_train` to count those updates.
+        """
+        out = []
+        for label, spec in self.resolved_variants():
+            ref = spec.reference_batch_size
+            for b in spec.batch_sizes:
+                regime = math.ceil(b / ref) if spec.regime_adaptation else 1
+                budget = spec.budget
+                if regime > 1 and budget.epochs is not None:
+                    budget = Budget(epochs=budget.epochs * regime)
+                for lr_base in spec.lrs:
+                    lr = scaled_lr(lr_base, b, ref, spec.lr_scaling)
+                    for seed in spec.seeds:
+                        out.append(
+                            TrialSpec(
+                                study=spec,
+                                variant=label,
+                                batch_size=b,
+                                lr_base=lr_base,
+                                lr=lr,
+                                seed=seed,
+                                budget=budget,
+                                regime_factor=regime,
+                            )
+                        )
+            if spec.controls:
+                if n_train is None:
+                    raise ValueError("controls need the training-set size to count updates")
+                b_min = spec.batch_sizes[0]
+                if spec.budget.epochs is not None:
+                    steps = spec.budget.epochs * math.ceil(n_train / b_min)
+                else:
+                    steps = math.ceil(spec.budget.value / b_min)
+                for b in spec.batch_sizes[1:]:
+                    for lr_base in spec.lrs:
+                        lr = scaled_lr(lr_base, b, ref, spec.lr_scaling)
+                        for seed in spec.seeds:
+                            out.append(
+                                TrialSpec(
+                                    study=spec,
+                                    variant=label,
+                                    batch_size=b,
+                                    lr_base=lr_base,
+                                    lr=lr,
+                                    seed=seed,
+                                    budget=Budget(steps=steps),
+                                    control=True,
+                                )
+                            )
         return out
 
     def to_toml_dict(self) -> dict[str, Any]:
         """Plain data, JSON- and TOML-compatible, with the budget reduced to its one key."""
-        d = self.model_dump(mode="json")
+        d = self.model_dump(mode="json", exclude_none=True)
         d["budget"] = {self.budget.kind: getattr(self.budget, self.budget.kind)}
         return d
 
 
 class TrialSpec(_Frozen):
-    """One trial: the study's settings at one batch size, base lr and seed."""
+    """One trial: a (variant of the) study at one batch size, base lr, seed and budget."""
 
     study: StudySpec
     batch_size: int
     lr_base: float
     lr: float
     seed: int
+    budget: Budget
+    variant: str = ""
+    control: bool = False
+    regime_factor: int = 1  # Hoffer's regime adaptation: epochs and milestones stretched by this
 
     def params(self) -> dict[str, Any]:
         """The resolved spec of this trial: what it runs, not where."""
         d = self.study.to_toml_dict()
-        for k in ("lrs", "batch_sizes", "seeds", "description", *EXECUTION_FIELDS):
+        for k in ("lrs", "batch_sizes", "seeds", "description", "variants", *EXECUTION_FIELDS):
             d.pop(k, None)
-        d.update(batch_size=self.batch_size, lr_base=self.lr_base, lr=self.lr, seed=self.seed)
+        d.update(
+            batch_size=self.batch_size,
+            lr_base=self.lr_base,
+            lr=self.lr,
+            seed=self.seed,
+            budget={self.budget.kind: getattr(self.budget, self.budget.kind)},
+            variant=self.variant,
+            control=self.control,
+            regime_factor=self.regime_factor,
+        )
         return d
 
     @property

@@ -28,7 +28,7 @@ from batchlab.engine import (
     Checkpoint,
     Outcome,
     Progress,
-    budget_steps,
+    planned_steps,
     resolve_device,
     train_trial,
 )
@@ -47,6 +47,8 @@ TRIAL_COLUMNS = [
     "lr_base",
     "lr",
     "seed",
+    "variant",
+    "control",
     "state",
     "diverged_step",
     "optimizer",
@@ -83,6 +85,8 @@ class Study:
                 "lr_base": t.lr_base,
                 "lr": t.lr,
                 "seed": t.seed,
+                "variant": t.params.get("variant", ""),
+                "control": bool(t.params.get("control", False)),
                 "state": t.state.value,
                 "diverged_step": t.diverged_step,
                 "optimizer": t.params.get("optimizer"),
@@ -245,7 +249,7 @@ def run_study(
     if spec.threads is not None:
         torch.set_num_threads(spec.threads)
     prepared = prepare(spec, data_dir=data_dir)
-    trials = spec.trials()
+    trials = spec.trials(n_train=prepared.data.n_train)
     with Store(store) as s:
         s.put_study(spec.name, spec.to_toml_dict())
         s.add_trials(
@@ -266,7 +270,7 @@ def run_study(
         reporter.study_started(spec, len(trials), len(trials) - len(todo))
         prov = provenance(prepared.device)
         for t in todo:
-            reporter.trial_started(t, budget_steps(spec, t.batch_size, prepared.data.n_train))
+            reporter.trial_started(t, planned_steps(t, prepared.data.n_train))
             state = _run_one(s, t, prepared, reporter, prov)
             reporter.trial_finished(t, state)
         reporter.study_finished()
