@@ -1,14 +1,17 @@
+# mypy: disable-error-code="comparison-overlap"
 """The experiment designs of the source documents, checked against what the literature predicts."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
+import batchlab
 from batchlab.data import load_dataset
 from batchlab.engine import Checkpoint, epoch_plan, planned_steps, train_trial
 from batchlab.errors import SpecError
@@ -142,7 +145,7 @@ def test_ghost_batchnorm_normalizes_each_chunk() -> None:
     gbn = GhostBatchNorm(nn.BatchNorm1d(3, affine=False), ghost_batch=4)
     x = torch.randn(12, 3) * 5 + 2
     out = gbn(x)
-    for chunk, x_chunk in zip(out.split(4), x.split(4), strict=True):
+    for chunk, x_chunk in zip(torch.split(out, 4), torch.split(x, 4), strict=True):
         expected = (x_chunk - x_chunk.mean(0)) / torch.sqrt(x_chunk.var(0, unbiased=False) + 1e-5)
         torch.testing.assert_close(chunk, expected)
     gbn.eval()
@@ -190,3 +193,42 @@ def test_bad_variant_is_named(make_spec: SpecFactory) -> None:
     spec = spec_from_dict(make_spec(variants=[{"label": "x", "optimizer": "lion"}]))
     with pytest.raises(SpecError, match=r"variants\[0\] \(x\): field 'optimizer'"):
         spec.trials()
+
+
+@pytest.mark.slow
+def test_linear_scaling_gives_close_curves_for_small_k(
+    make_spec: SpecFactory, tmp_path: Path
+) -> None:
+    # Goyal et al.: (B, lr) and (kB, k lr) give close test curves against epochs for small k.
+    spec = make_spec(
+        dataset_args={"n_train": 2000, "n_test": 1000, "dim": 8, "classes": 3},
+        lrs=[0.05],
+        reference_batch_size=16,
+        lr_scaling="linear",
+        batch_sizes=[16, 32],
+        seeds=[0, 1],
+        budget={"epochs": 4},
+    )
+    df = batchlab.run_study(spec, store=tmp_path / "r.db").to_dataframe()
+    curves = df[df.idx > 0].groupby(["batch_size", "epoch"])["test_acc"].mean().unstack(0)
+    assert (curves[16] - curves[32]).abs().max() < 0.03
+
+
+@pytest.mark.slow
+def test_equal_step_controls_do_not_hurt_large_batches(
+    make_spec: SpecFactory, tmp_path: Path
+) -> None:
+    spec = make_spec(
+        dataset_args={"n_train": 1000, "n_test": 1000, "dim": 8, "classes": 3, "kind": "teacher"},
+        lrs=[0.05],
+        batch_sizes=[8, 128],
+        seeds=[0, 1],
+        budget={"epochs": 2},
+        controls=True,
+    )
+    df = batchlab.run_study(spec, store=tmp_path / "r.db").to_dataframe()
+    final = df.groupby("trial_id").tail(1)
+    big = final[final.batch_size == 128].groupby("control")
+    acc, steps = big["test_acc"].mean(), big["step"].max()
+    assert steps[True] == final[final.batch_size == 8]["step"].max()  # as many updates as B=8
+    assert acc[True] >= acc[False]

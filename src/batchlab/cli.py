@@ -14,11 +14,17 @@ from rich.table import Table
 
 from batchlab import presets
 from batchlab._version import __version__
+from batchlab.analysis.grid import bands, cells
 from batchlab.errors import BatchlabError, SpecError
 from batchlab.progress import RichReporter
 from batchlab.spec import load_spec
 from batchlab.study import DEFAULT_STORE, Study, load_study, run_study
 from batchlab.trial import TrialState
+
+def _out() -> Console:
+    """Console for tables: the terminal's width, or a wide page when piped to a file."""
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
 
 STORE_OPTION = click.option(
     "--store",
@@ -55,10 +61,16 @@ def cli() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder with dataset files (looked in before $BATCHLAB_DATA and system paths).",
 )
+@click.option(
+    "--scale",
+    type=click.Choice(["small", "full"]),
+    help="For a preset: its CPU-sized (small) or paper-scale (full) version.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def run(
     study_file: Path | None,
     preset_name: str | None,
+    scale: str | None,
     store: Path,
     overrides: tuple[str, ...],
     data_dir: Path | None,
@@ -73,12 +85,16 @@ def run(
         raise SpecError(
             "run: give a study file (STUDY.toml) or --preset NAME (see batchlab presets)"
         )
-    base = presets.get(preset_name).data if preset_name else None
+    if scale is not None and preset_name is None:
+        raise SpecError("--scale: applies to a preset; add --preset NAME")
+    base = presets.get(preset_name).at_scale(scale) if preset_name else None  # type: ignore[arg-type]
     spec = load_spec(study_file, base=base, overrides=list(overrides))
     console = Console(stderr=True)
     reporter = None if quiet else RichReporter(console)
     study = run_study(spec, store=store, data_dir=data_dir, reporter=reporter)
-    _print_table(study, Console())
+    console_out = _out()
+    _print_table(study, console_out)
+    _print_bands(study, console_out)
     counts = _state_counts(study)
     click.echo(f"study '{study.name}': {counts}; results in {store.resolve()}")
     click.echo(f"  see them: batchlab show {study.name} --store {store}")
@@ -93,7 +109,7 @@ def list_presets() -> None:
     table.add_column("CPU time (2 cores)", justify="right")
     for p in presets.all_presets():
         table.add_row(p.name, p.description, p.cpu_time)
-    Console().print(table)
+    _out().print(table)
 
 
 @cli.command("ls")
@@ -111,7 +127,7 @@ def list_studies(store: Path) -> None:
     for r in rows:
         states = ", ".join(f"{k.lower()} {v}" for k, v in sorted(r["states"].items()))
         table.add_row(r["name"], str(sum(r["states"].values())), states)
-    Console().print(table)
+    _out().print(table)
 
 
 def _state_counts(study: Study) -> str:
@@ -133,26 +149,33 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def _print_table(study: Study, console: Console) -> None:
     """One row per (batch size, lr): seeds, final test accuracy mean +- std, time, states."""
-    groups: dict[tuple[int, float], list[Any]] = {}
+    groups: dict[tuple[str, int, bool, float], list[Any]] = {}
     for t in study.trials:
-        groups.setdefault((t.batch_size, t.lr_base), []).append(t)
-    table = Table(
-        title=f"study {study.name} (budget: {study.spec.budget.kind} = {study.spec.budget.value:g})"
-    )
-    for col, just in [
+        key = (str(t.params.get("variant", "")), t.batch_size, bool(t.params.get("control")))
+        groups.setdefault((*key, t.lr_base), []).append(t)
+    has_variants = any(k[0] for k in groups)
+    title = f"study {study.name} (budget: {study.spec.budget.kind} = {study.spec.budget.value:g})"
+    if any(k[2] for k in groups):
+        title += "\ncontrol = a run given the updates of the smallest batch size"
+    table = Table(title=title)
+    columns = [
+        ("variant", "left"),
         ("batch size", "right"),
         ("lr (used)", "right"),
         ("seeds", "right"),
         ("test acc (mean ± std)", "right"),
         ("updates", "right"),
         ("train time (s)", "right"),
+        ("peak mem (MiB)", "right"),
         ("state", "left"),
-    ]:
+    ]
+    for col, just in columns if has_variants else columns[1:]:
         table.add_column(col, justify=just)  # type: ignore[arg-type]
-    for (b, _), trials in sorted(groups.items()):
+    for (variant, b, control, _), trials in sorted(groups.items()):
         done = [t for t in trials if t.state == TrialState.COMPLETE and t.last is not None]
         acc_mean, acc_std = _mean_std([t.last.test_acc for t in done])
         time_mean, _ = _mean_std([t.last.train_time_s for t in done])
+        mem_mean, _ = _mean_std([t.last.peak_mem_bytes / 2**20 for t in done])
         steps = sorted({t.last.step for t in done})
         states = ", ".join(
             f"{sum(t.state == s for t in trials)} {s.value.lower()}"
@@ -162,15 +185,36 @@ def _print_table(study: Study, console: Console) -> None:
         acc = "—" if math.isnan(acc_mean) else f"{100 * acc_mean:.2f}%"
         if not math.isnan(acc_std):
             acc += f" ± {100 * acc_std:.2f}"
+        cells_ = [variant] if has_variants else []
         table.add_row(
-            str(b),
+            *cells_,
+            f"{b} (control)" if control else str(b),
             f"{trials[0].lr:.4g}",
             str(len(trials)),
             acc,
             "/".join(str(s) for s in steps) or "—",
             "—" if math.isnan(time_mean) else f"{time_mean:.1f}",
+            "—" if math.isnan(mem_mean) else f"{mem_mean:.0f}",
             states,
         )
+    console.print(table)
+
+
+def _print_bands(study: Study, console: Console) -> None:
+    """For an lr x batch grid: the usable lr band and the best lr at each batch size."""
+    grid_bands = bands(cells(study.trials))
+    if len({t.lr_base for t in study.trials}) < 2 or not grid_bands:
+        return
+    table = Table(
+        title="usable learning rates (converged: finite loss, final train loss below the initial)"
+    )
+    for col in ("variant", "batch size", "usable lrs", "band", "best lr (by val)", "test acc"):
+        table.add_column(col, justify="right")
+    for b in grid_bands:
+        band = "—" if b.lo is None else f"{b.lo:.3g} .. {b.hi:.3g}"
+        best = "—" if b.best_lr is None else f"{b.best_lr:.3g}"
+        acc = "—" if math.isnan(b.best_test_acc) else f"{100 * b.best_test_acc:.2f}%"
+        table.add_row(b.variant or "—", str(b.batch_size), f"{b.usable}/{b.tried}", band, best, acc)
     console.print(table)
 
 
@@ -178,8 +222,14 @@ def _print_table(study: Study, console: Console) -> None:
 @click.argument("name")
 @STORE_OPTION
 def show(name: str, store: Path) -> None:
-    """Show a study as a table: batch size, lr, seeds, final test accuracy, time, state."""
-    _print_table(load_study(name, store), Console())
+    """Show a study as a table: batch size, lr, seeds, final test accuracy, time, state.
+
+    A study with several learning rates also gets the usable lr band per batch size.
+    """
+    study = load_study(name, store)
+    console = _out()
+    _print_table(study, console)
+    _print_bands(study, console)
 
 
 @cli.command()

@@ -300,7 +300,7 @@ def train_trial(
             else:
                 # Each micro-batch's mean loss is weighted by its share of the batch, so the
                 # summed gradient is the full batch's mean gradient (also for a partial batch).
-                for xm, ym in zip(xb.split(micro), yb.split(micro), strict=True):
+                for xm, ym in zip(torch.split(xb, micro), torch.split(yb, micro), strict=True):
                     out = model(xm)
                     loss = F.cross_entropy(out, ym) * (ym.shape[0] / bs)
                     loss.backward()  # type: ignore[no-untyped-call]

@@ -48,7 +48,7 @@ class GhostBatchNorm(nn.Module):
         if not self.training or x.shape[0] <= self.ghost_batch:
             out: torch.Tensor = self.norm(x)
             return out
-        return torch.cat([self.norm(chunk) for chunk in x.split(self.ghost_batch)])
+        return torch.cat([self.norm(chunk) for chunk in torch.split(x, self.ghost_batch)])
 
 
 class CNN(nn.Module):

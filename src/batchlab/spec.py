@@ -13,10 +13,10 @@ import hashlib
 import json
 import math
 import re
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from batchlab.errors import SpecError

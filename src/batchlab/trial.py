@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class TrialState(str, Enum):
+class TrialState(StrEnum):
     """Where a trial is in its life. Only COMPLETE, DIVERGED, FAILED and PRUNED are final."""
 
     WAITING = "WAITING"

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from batchlab.errors import DataError
 @pytest.mark.parametrize("suffix", ["", ".gz"])
 @pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32])
 def test_idx_round_trip(tmp_path: Path, suffix: str, dtype: type) -> None:
-    arr = (np.arange(2 * 3 * 4) % 7).astype(dtype).reshape(2, 3, 4)
+    arr: np.ndarray[Any, Any] = (np.arange(2 * 3 * 4) % 7).astype(dtype).reshape(2, 3, 4)
     path = tmp_path / f"a-idx3{suffix}"
     write_idx(path, arr)
     out = read_idx(path)

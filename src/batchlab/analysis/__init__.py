@@ -1,0 +1,1 @@
+"""Pure functions over stored results: no training, no SQL, no plotting."""
