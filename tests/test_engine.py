@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from batchlab.data import Dataset, load_dataset
-from batchlab.engine import Checkpoint, train_trial
+from batchlab.engine import Checkpoint, peak_memory_bytes, reset_peak_memory, train_trial
 from batchlab.spec import StudySpec, spec_from_dict
 from batchlab.trial import EvalRecord, TrialState
 
@@ -141,3 +141,16 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(make_spec: SpecFact
     rest, _, _ = run(spec, resume=restored)
     assert [r.idx for r in rest] == [3, 4]
     assert same(metrics(full[3:]), metrics(rest))
+
+
+def test_peak_memory_window_sees_a_large_allocation() -> None:
+    cpu = torch.device("cpu")
+    reset_peak_memory(cpu)
+    before = peak_memory_bytes(cpu)
+    block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    assert float(block.sum()) == block.numel()
+    during = peak_memory_bytes(cpu)
+    del block
+    assert during - before >= 60 * 2**20
+    # a peak does not fall when memory is freed (Linux counts RSS lazily: allow 4 MiB)
+    assert peak_memory_bytes(cpu) >= during - 4 * 2**20

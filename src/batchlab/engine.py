@@ -111,10 +111,30 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -> 
     return loss.item() / n, correct.item() / n  # one sync per split
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a trial's peak-memory window: CUDA's counter, or Linux's peak RSS (VmHWM)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # writing 5 to clear_refs resets VmHWM to the current RSS (Linux >= 4.0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # elsewhere the peak is the process's lifetime peak
+
+
 def peak_memory_bytes(device: torch.device) -> int:
-    """CUDA: max allocated on the device. CPU: the process's peak resident set size."""
+    """CUDA: max allocated on the device. CPU: the process's peak resident set size since the
+    trial started (Linux), else since the process started."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
@@ -193,8 +213,7 @@ def train_trial(
     ).to(device)
     optimizer = make_optimizer(spec, model.parameters(), trial.lr)
     shuffle = torch.Generator().manual_seed(trial.seed)  # CPU generator: same order on any device
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)
 
     step = samples = eval_idx = 0
     train_time = 0.0
