@@ -37,7 +37,9 @@ def plain_loop(data: Dataset, batch_size: int, seed: int) -> float:
         seed=seed,
     )
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    loader = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=batch_size, shuffle=True)
+    loader = DataLoader(
+        TensorDataset(data.x_train, data.y_train), batch_size=batch_size, shuffle=True
+    )
     running_loss, correct = 0.0, 0
     t0 = time.perf_counter()
     for xb, yb in loader:
@@ -67,7 +69,7 @@ def engine_loop(data: Dataset, batch_size: int, seed: int) -> float:
         spec.trials()[0],
         data,
         device=torch.device("cpu"),
-        on_eval=lambda rec, _ckpt: records.append(rec),
+        on_eval=lambda rec, _ckpt, _probes: records.append(rec),
     )
     return records[-1].train_time_s
 

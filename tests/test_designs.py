@@ -16,6 +16,7 @@ from batchlab.data import load_dataset
 from batchlab.engine import Checkpoint, epoch_plan, planned_steps, train_trial
 from batchlab.errors import SpecError
 from batchlab.models import GhostBatchNorm, build_model
+from batchlab.probes import ProbeRecord
 from batchlab.spec import StudySpec, spec_from_dict
 from batchlab.trial import EvalRecord
 
@@ -29,7 +30,7 @@ def final_weights(
     records: list[EvalRecord] = []
     ckpts: list[Checkpoint | None] = []
 
-    def sink(rec: EvalRecord, ckpt: Checkpoint | None) -> None:
+    def sink(rec: EvalRecord, ckpt: Checkpoint | None, _probes: list[ProbeRecord]) -> None:
         records.append(rec)
         ckpts.append(ckpt)
 

@@ -10,6 +10,7 @@ import torch
 
 from batchlab.data import Dataset, load_dataset
 from batchlab.engine import Checkpoint, peak_memory_bytes, reset_peak_memory, train_trial
+from batchlab.probes import ProbeRecord
 from batchlab.spec import StudySpec, spec_from_dict
 from batchlab.trial import EvalRecord, TrialState
 
@@ -27,7 +28,7 @@ def run(
     records: list[EvalRecord] = []
     ckpts: list[Checkpoint | None] = []
 
-    def sink(rec: EvalRecord, ckpt: Checkpoint | None) -> None:
+    def sink(rec: EvalRecord, ckpt: Checkpoint | None, _probes: list[ProbeRecord]) -> None:
         records.append(rec)
         ckpts.append(ckpt)
 

@@ -21,6 +21,7 @@ from batchlab.spec import load_spec
 from batchlab.study import DEFAULT_STORE, Study, load_study, run_study
 from batchlab.trial import TrialState
 
+
 def _out() -> Console:
     """Console for tables: the terminal's width, or a wide page when piped to a file."""
     return Console() if sys.stdout.isatty() else Console(width=160)

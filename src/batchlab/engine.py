@@ -15,7 +15,7 @@ import math
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,6 +25,7 @@ from torch import nn
 from batchlab.data import Dataset
 from batchlab.lr import warmup_lr
 from batchlab.models import build_model
+from batchlab.probes import ProbeContext, ProbeRecord, ProbeSuite, probe_generator
 from batchlab.spec import StudySpec, TrialSpec
 from batchlab.trial import EvalRecord, TrialState
 
@@ -65,6 +66,8 @@ class Outcome:
 
     state: TrialState
     diverged_step: int | None = None
+    probes: list[ProbeRecord] = field(default_factory=list)  # recorded after the last evaluation
+    weights: dict[str, torch.Tensor] | None = None  # final model state of a COMPLETE trial
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,7 +80,9 @@ class Progress:
     train_acc: float
 
 
-EvalSink = Callable[[EvalRecord, "Checkpoint | None"], None]
+EvalSink = Callable[[EvalRecord, "Checkpoint | None", list[ProbeRecord]], None]
+"""Receives each evaluation, the checkpoint taken with it (if any) and the probe records since
+the previous evaluation; a store writes all three in one transaction."""
 
 
 def make_optimizer(spec: StudySpec, params: Any, lr: float) -> torch.optim.Optimizer:
@@ -214,6 +219,21 @@ def train_trial(
     optimizer = make_optimizer(spec, model.parameters(), trial.lr)
     shuffle = torch.Generator().manual_seed(trial.seed)  # CPU generator: same order on any device
     reset_peak_memory(device)
+    # Probes see the freshly initialised weights first (w_0 for the distance probe, also when
+    # resuming: the seed rebuilds the same init), draw from their own generator, and leave the
+    # training trajectory untouched.
+    suite = ProbeSuite.from_spec(spec.probes, total_steps=total_steps) if spec.probes else None
+    probe_ctx = ProbeContext(
+        model=model,
+        loss_fn=F.cross_entropy,
+        x_train=x,
+        y_train=y,
+        step=0,
+        batch_size=trial.batch_size,
+        generator=probe_generator(trial.seed),
+    )
+    if suite is not None:
+        suite.start(probe_ctx)
 
     step = samples = eval_idx = 0
     train_time = 0.0
@@ -267,13 +287,19 @@ def train_trial(
             peak_mem_bytes=peak_memory_bytes(device),
         )
 
+    def model_state() -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+    def drained() -> list[ProbeRecord]:
+        return suite.drain() if suite is not None else []
+
     def checkpoint() -> Checkpoint:
         return Checkpoint(
             eval_idx=eval_idx,
             step=step,
             samples=samples,
             train_time_s=train_time,
-            model_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            model_state=model_state(),
             optimizer_state=_to_cpu(optimizer.state_dict()),
             generator_state=shuffle.get_state(),
         )
@@ -282,8 +308,10 @@ def train_trial(
         rec = record(
             run_loss=math.nan, run_acc=math.nan, window_samples=0, window_time=0, full=True
         )
-        on_eval(rec, checkpoint())
+        on_eval(rec, checkpoint(), drained())
         eval_idx += 1
+    elif suite is not None:
+        drained()  # the start() records of a resumed trial are already stored
 
     model.train()
     warmup_steps = round(spec.warmup_epochs * math.ceil(n / epoch_plan(trial, 0, n)[0]))
@@ -297,6 +325,7 @@ def train_trial(
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
         seen = 0
+        probe_time = 0.0
         _sync(device)
         t_start = time.perf_counter()
         for i in range(0, n, B):
@@ -310,6 +339,7 @@ def train_trial(
             xb, yb = x[idx], y[idx]
             bs = idx.shape[0]
             optimizer.zero_grad(set_to_none=True)
+            due = suite is not None and suite.due(step + 1)
             if spec.accumulate == 1:
                 out = model(xb)
                 loss = F.cross_entropy(out, yb)
@@ -325,16 +355,24 @@ def train_trial(
                     loss.backward()  # type: ignore[no-untyped-call]
                     loss_sum += loss.detach() * bs
                     correct += (out.argmax(dim=1) == ym).sum()
+            if due:
+                assert suite is not None
+                t_probe = time.perf_counter()
+                suite.after_backward(probe_ctx.at(step + 1))
             optimizer.step()
             step += 1
+            if due:
+                assert suite is not None
+                suite.after_update(probe_ctx.at(step))
+                probe_time += time.perf_counter() - t_probe  # excluded from training time
             seen += bs
             samples += bs
             if step % check_every == 0:
                 if not math.isfinite(loss_sum.item()):  # deliberate sync (free on CPU)
-                    return Outcome(state=TrialState.DIVERGED, diverged_step=step)
+                    return Outcome(state=TrialState.DIVERGED, diverged_step=step, probes=drained())
                 if (
                     budget.seconds is not None
-                    and train_time + time.perf_counter() - t_start >= budget.seconds
+                    and train_time + time.perf_counter() - t_start - probe_time >= budget.seconds
                 ):
                     break
             if (budget.steps is not None and step >= budget.steps) or (
@@ -348,11 +386,11 @@ def train_trial(
                     )
                 )
         _sync(device)
-        window = time.perf_counter() - t_start
+        window = time.perf_counter() - t_start - probe_time
         train_time += window
         run_loss, run_acc = loss_sum.item() / seen, correct.item() / seen
         if not math.isfinite(run_loss):
-            return Outcome(state=TrialState.DIVERGED, diverged_step=step)
+            return Outcome(state=TrialState.DIVERGED, diverged_step=step, probes=drained())
         done = exhausted()
         epoch_end = samples % n == 0
         epochs_done = samples // n
@@ -365,13 +403,13 @@ def train_trial(
                 window_time=window,
                 full=full,
             )
-            on_eval(rec, checkpoint() if epoch_end else None)
+            on_eval(rec, checkpoint() if epoch_end else None, drained())
             eval_idx += 1
         if on_progress is not None:
             on_progress(
                 Progress(step=step, total_steps=total_steps, train_loss=run_loss, train_acc=run_acc)
             )
-    return Outcome(state=TrialState.COMPLETE)
+    return Outcome(state=TrialState.COMPLETE, weights=model_state())
 
 
 def _to_cpu(obj: Any) -> Any:

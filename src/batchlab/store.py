@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from batchlab.errors import StoreError
+from batchlab.probes import ProbeRecord
 from batchlab.trial import EvalRecord, FrozenTrial, TrialState
 
 SCHEMA_VERSION = 1
@@ -57,6 +58,18 @@ CREATE TABLE IF NOT EXISTS evals (
     )
 },
     PRIMARY KEY (trial_id, idx)
+);
+CREATE TABLE IF NOT EXISTS probes (
+    trial_id TEXT NOT NULL REFERENCES trials(trial_id),
+    step INTEGER NOT NULL,
+    probe TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value REAL,
+    PRIMARY KEY (trial_id, step, probe, key)
+);
+CREATE TABLE IF NOT EXISTS weights (
+    trial_id TEXT PRIMARY KEY REFERENCES trials(trial_id),
+    payload BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS checkpoints (
     trial_id TEXT PRIMARY KEY REFERENCES trials(trial_id),
@@ -209,7 +222,14 @@ class Store:
                 "SELECT eval_idx, payload FROM checkpoints WHERE trial_id = ?", (trial_id,)
             ).fetchone()
             keep = int(row[0]) if row else -1
+            kept_step = db.execute(
+                "SELECT COALESCE(MAX(step), -1) FROM evals WHERE trial_id = ? AND idx <= ?",
+                (trial_id, keep),
+            ).fetchone()[0]
             db.execute("DELETE FROM evals WHERE trial_id = ? AND idx > ?", (trial_id, keep))
+            db.execute(
+                "DELETE FROM probes WHERE trial_id = ? AND step > ?", (trial_id, int(kept_step))
+            )
             db.execute(
                 "UPDATE trials SET state = ?, attempts = attempts + 1, started_at ="
                 " COALESCE(started_at, ?), provenance_json = ?, error = NULL WHERE trial_id = ?",
@@ -217,10 +237,17 @@ class Store:
             )
             return keep, (bytes(row[1]) if row else None)
 
-    def add_eval(self, trial_id: str, record: EvalRecord, checkpoint: bytes | None) -> None:
-        """Store one evaluation and, in the same transaction, the checkpoint taken with it."""
+    def add_eval(
+        self,
+        trial_id: str,
+        record: EvalRecord,
+        checkpoint: bytes | None,
+        probes: Sequence[ProbeRecord] = (),
+    ) -> None:
+        """Store one evaluation and, in the same transaction, its checkpoint and probe records."""
         values = [_nan_to_none(v) for v in record.as_dict().values()]
         with self._tx() as db:
+            self._insert_probes(db, trial_id, probes)
             db.execute(
                 f"INSERT INTO evals(trial_id, {', '.join(_EVAL_COLUMNS)})"
                 f" VALUES (?, {', '.join('?' for _ in _EVAL_COLUMNS)})",
@@ -233,6 +260,15 @@ class Store:
                     (trial_id, record.idx, checkpoint),
                 )
 
+    @staticmethod
+    def _insert_probes(
+        db: sqlite3.Connection, trial_id: str, probes: Sequence[ProbeRecord]
+    ) -> None:
+        db.executemany(
+            "INSERT OR REPLACE INTO probes(trial_id, step, probe, key, value) VALUES (?,?,?,?,?)",
+            [(trial_id, *(_nan_to_none(v) for v in p.as_row())) for p in probes],
+        )
+
     def finish_trial(
         self,
         trial_id: str,
@@ -240,16 +276,45 @@ class Store:
         *,
         error: str | None = None,
         diverged_step: int | None = None,
+        probes: Sequence[ProbeRecord] = (),
+        weights: bytes | None = None,
     ) -> None:
-        """Record a final state and drop the checkpoint, which is no longer needed."""
+        """Record a final state (with late probe records and final weights) and drop the
+        checkpoint, which is no longer needed."""
         assert state.is_finished, state
         with self._tx() as db:
+            self._insert_probes(db, trial_id, probes)
+            if weights is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO weights(trial_id, payload) VALUES (?, ?)",
+                    (trial_id, weights),
+                )
             db.execute(
                 "UPDATE trials SET state = ?, error = ?, diverged_step = ?, ended_at = ?"
                 " WHERE trial_id = ?",
                 (state.value, error, diverged_step, time.time(), trial_id),
             )
             db.execute("DELETE FROM checkpoints WHERE trial_id = ?", (trial_id,))
+
+    def probe_rows(self, study: str) -> list[tuple[str, int, str, str, float]]:
+        """(trial_id, step, probe, key, value) for every probe record of a study."""
+        self.study_spec(study)
+        return [
+            (r[0], r[1], r[2], r[3], _none_to_nan(r[4]))
+            for r in self._db.execute(
+                "SELECT trial_id, step, probe, key, value FROM probes WHERE trial_id IN"
+                " (SELECT trial_id FROM trials WHERE study = ?)"
+                " ORDER BY trial_id, step, probe, key",
+                (study,),
+            )
+        ]
+
+    def weights(self, trial_id: str) -> bytes | None:
+        """The final weights of a finished trial (None when not stored)."""
+        row = self._db.execute(
+            "SELECT payload FROM weights WHERE trial_id = ?", (trial_id,)
+        ).fetchone()
+        return bytes(row[0]) if row else None
 
     def trials(self, study: str) -> list[FrozenTrial]:
         """Every trial of a study, in registration order, with its evaluations."""

@@ -8,6 +8,7 @@ and RUNNING ones (from a killed run) continue from their last checkpoint.
 
 from __future__ import annotations
 
+import io
 import os
 import platform
 import socket
@@ -32,8 +33,9 @@ from batchlab.engine import (
     resolve_device,
     train_trial,
 )
-from batchlab.errors import SpecError
+from batchlab.errors import SpecError, StoreError
 from batchlab.models import build_model
+from batchlab.probes import ProbeRecord, ProbeSuite
 from batchlab.spec import StudySpec, TrialSpec, load_spec, spec_from_dict
 from batchlab.store import Store
 from batchlab.trial import EvalRecord, FrozenTrial, TrialState
@@ -97,6 +99,53 @@ class Study:
                 rows.append({**head, **(e.as_dict() if e is not None else blank)})
         return pd.DataFrame(rows, columns=[*TRIAL_COLUMNS, *EvalRecord.columns()])
 
+    def probes_dataframe(self) -> pd.DataFrame:
+        """Probe records in long form: one row per trial, step, probe and key."""
+        with Store.open_existing(self.store) as s:
+            rows = s.probe_rows(self.name)
+        by_id = {t.trial_id: t for t in self.trials}
+        out = []
+        for trial_id, step, probe, key, value in rows:
+            t = by_id[trial_id]
+            out.append(
+                {
+                    "study": self.name,
+                    "trial_id": trial_id,
+                    "batch_size": t.batch_size,
+                    "lr": t.lr,
+                    "seed": t.seed,
+                    "variant": t.params.get("variant", ""),
+                    "step": step,
+                    "probe": probe,
+                    "key": key,
+                    "value": value,
+                }
+            )
+        columns = ["study", "trial_id", "batch_size", "lr", "seed", "variant", "step", "probe"]
+        return pd.DataFrame(out, columns=[*columns, "key", "value"])
+
+    def weights(self, trial_id: str) -> dict[str, torch.Tensor]:
+        """A finished trial's final weights (a state dict), for interpolation and sharpness."""
+        with Store.open_existing(self.store) as s:
+            payload = s.weights(trial_id)
+        if payload is None:
+            raise StoreError(
+                f"trial {trial_id}: no stored weights"
+                " (unfinished, diverged, or save_weights = false)"
+            )
+        state: dict[str, torch.Tensor] = torch.load(
+            io.BytesIO(payload), map_location="cpu", weights_only=True
+        )
+        return state
+
+    def find_trial(self, ref: str) -> FrozenTrial:
+        """A trial by id or unique id prefix."""
+        hits = [t for t in self.trials if t.trial_id.startswith(ref)]
+        if len(hits) != 1:
+            what = "no trial" if not hits else f"{len(hits)} trials"
+            raise StoreError(f"{what} in study {self.name!r} match {ref!r}; give a longer trial id")
+        return hits[0]
+
 
 def load_study(name: str, store: str | Path = DEFAULT_STORE) -> Study:
     """Load a stored study by name (like `optuna.load_study`)."""
@@ -151,7 +200,11 @@ def prepare(spec: StudySpec, *, data_dir: Path | None = None) -> PreparedStudy:
         data_seed=spec.data_seed,
         train_subset=spec.train_subset,
     )
-    too_big = [b for b in spec.batch_sizes if b > data.n_train]
+    try:
+        ProbeSuite.from_spec(spec.probes, total_steps=None)
+    except ValueError as err:
+        raise SpecError(f"probes: {err}") from None
+    too_big = [b for _, v in spec.resolved_variants() for b in v.batch_sizes if b > data.n_train]
     if too_big:
         raise SpecError(
             f"batch_sizes: {too_big} exceed the {data.n_train} training examples;"
@@ -208,8 +261,8 @@ def _run_one(
     _, payload = store.start_trial(tid, prov)
     resume = Checkpoint.from_bytes(payload) if payload is not None else None
 
-    def sink(record: EvalRecord, ckpt: Checkpoint | None) -> None:
-        store.add_eval(tid, record, ckpt.to_bytes() if ckpt is not None else None)
+    def sink(record: EvalRecord, ckpt: Checkpoint | None, probes: list[ProbeRecord]) -> None:
+        store.add_eval(tid, record, ckpt.to_bytes() if ckpt is not None else None, probes)
 
     try:
         outcome: Outcome = train_trial(
@@ -223,7 +276,18 @@ def _run_one(
     except Exception:  # any failure of one trial is recorded, and the study goes on
         store.finish_trial(tid, TrialState.FAILED, error=traceback.format_exc())
         return TrialState.FAILED
-    store.finish_trial(tid, outcome.state, diverged_step=outcome.diverged_step)
+    weights = None
+    if outcome.weights is not None and prepared.spec.save_weights:
+        buf = io.BytesIO()
+        torch.save(outcome.weights, buf)
+        weights = buf.getvalue()
+    store.finish_trial(
+        tid,
+        outcome.state,
+        diverged_step=outcome.diverged_step,
+        probes=outcome.probes,
+        weights=weights,
+    )
     return outcome.state
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +11,9 @@ from torch import nn
 from torch.func import functional_call
 
 from batchlab.probes import Every, HessianTop, ProbeContext, hessian_top_eigenvalue, probe_generator
-from conftest import Data, ModelFactory
+
+Data = tuple[torch.Tensor, torch.Tensor]
+ModelFactory = Callable[..., nn.Module]
 
 
 def full_hessian_spectrum(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -26,9 +30,10 @@ def full_hessian_spectrum(model: nn.Module, x: torch.Tensor, y: torch.Tensor) ->
         out: torch.Tensor = F.cross_entropy(functional_call(model, params, (x,)), y)
         return out
 
-    hess = torch.autograd.functional.hessian(loss, flat)
+    hess = torch.autograd.functional.hessian(loss, flat)  # type: ignore[no-untyped-call]
     assert isinstance(hess, torch.Tensor)
-    return torch.linalg.eigvalsh(hess)
+    eig: torch.Tensor = torch.linalg.eigvalsh(hess)
+    return eig
 
 
 def test_top_eigenvalue_matches_eigvalsh(toy_data: Data, make_mlp: ModelFactory) -> None:

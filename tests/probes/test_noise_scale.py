@@ -13,7 +13,9 @@ from torch import nn
 
 from batchlab.probes import Every, NoiseScale, ProbeContext, estimate_noise, probe_generator
 from batchlab.probes.base import LossFn
-from conftest import Data, ModelFactory
+
+Data = tuple[torch.Tensor, torch.Tensor]
+ModelFactory = Callable[..., nn.Module]
 
 
 def exact_noise(

@@ -7,9 +7,12 @@ its verdict into the DOM, which `chromium --dump-dom` prints.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,8 +50,29 @@ window.addEventListener("unhandledrejection", function (e) {
 </script>"""
 
 _PROBE = """<script>
+// Press every plotly button (e.g. the curves' x-axis switch) once, then back to the first.
+function pressButtons() {
+  var steps = [];
+  document.querySelectorAll(".js-plotly-plot").forEach(function (div) {
+    (div.layout.updatemenus || []).forEach(function (menu) {
+      var buttons = menu.buttons || [];
+      buttons.concat(buttons.slice(0, 1)).forEach(function (button) {
+        steps.push(function () {
+          return Plotly[button.method].apply(null, [div].concat(button.args));
+        });
+      });
+    });
+  });
+  return steps.reduce(function (p, step) { return p.then(step); }, Promise.resolve())
+    .then(function () { return steps.length; });
+}
 window.addEventListener("load", function () {
-  setTimeout(function () {
+  pressButtons().catch(function (e) {
+    window.__errors.push("button: " + String(e)); return -1;
+  }).then(function (pressed) { setTimeout(function () { report(pressed); }, 500); });
+});
+function report(pressed) {
+  {
     var charts = Array.prototype.slice.call(document.querySelectorAll(".js-plotly-plot"));
     // Drawn: plotly's SVG layers are visible and hold real content (axes, traces), not just
     // the empty frame plotly makes before it fails.
@@ -68,11 +92,12 @@ window.addEventListener("load", function () {
       errors: window.__errors,
       charts: charts.map(function (div) { return div.id; }),
       drawn: drawn,
-      containers: document.querySelectorAll("section .chart").length
+      containers: document.querySelectorAll("section .chart").length,
+      pressed: pressed
     });
     document.body.appendChild(status);
-  }, 2000);
-});
+  }
+}
 </script>"""
 
 
@@ -82,12 +107,24 @@ class BrowserResult:
     charts: list[str]  # ids of plotly chart containers
     drawn: list[str]  # ids of those holding a drawn (non-empty) SVG
     containers: int  # figure sections on the page
+    pressed: int  # plotly buttons pressed (each applied without error)
 
 
-def _run(args: list[str], profile: Path) -> str:
+def _run(args: list[str], profile: Path, timeout_s: float = 45.0) -> str:
+    """Run Chromium in its own process group and end that group when done (it leaves helpers)."""
     cmd = [str(CHROMIUM), *FLAGS, f"--user-data-dir={profile}", *args]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
-    return done.stdout
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired as err:
+        raise AssertionError(f"Chromium did not finish in {timeout_s:g} s: the page hangs") from err
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return out
 
 
 def inspect(
@@ -114,7 +151,7 @@ def inspect(
     finally:
         copy.unlink(missing_ok=True)
         shutil.rmtree(profile, ignore_errors=True)
-    m = re.search(r'<pre id="batchlab-probe">(.*?)</pre>', dom, re.S)
+    m = re.search(r'<pre id="batchlab-probe"[^>]*>(.*?)</pre>', dom, re.S)
     if m is None:
         raise AssertionError("the probe never reported: page did not load or a script broke")
     data = json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
@@ -123,4 +160,5 @@ def inspect(
         charts=list(data["charts"]),
         drawn=list(data["drawn"]),
         containers=int(data["containers"]),
+        pressed=int(data["pressed"]),
     )

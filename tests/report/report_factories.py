@@ -1,15 +1,16 @@
-"""Synthetic studies with known numbers: FrozenTrials built directly, no training, no store."""
+"""Synthetic studies with known numbers: FrozenTrials built directly, no training, no store.
+
+A uniquely named module (not conftest) so `from report_factories import ...` cannot pick up
+another directory's conftest.
+"""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import pytest
-
-from batchlab.report import build_report
 from batchlab.trial import EvalRecord, FrozenTrial, TrialState
 
 N_TRAIN = 1024
@@ -153,7 +154,7 @@ def grid_study(
     spec: FakeSpec | None = None,
 ) -> FakeStudy:
     """A full grid whose final accuracy is `acc(b, lr)` (seed s adds 0.002 s)."""
-    trials = []
+    trials: list[FrozenTrial] = []
     for lr in lr_bases:
         for b in batch_sizes:
             for s in seeds:
@@ -181,18 +182,15 @@ def grid_study(
     return FakeStudy(name=name, spec=spec or FakeSpec(), trials=trials)
 
 
-@pytest.fixture(scope="session")
+@functools.cache
 def rich_study() -> FakeStudy:
-    """Two learning rates, six batch sizes, two seeds; lr 1.0 diverges at b <= 16."""
+    """Two learning rates, six batch sizes, two seeds; lr 1.0 diverges at b <= 16.
+
+    Cached: every test reads the same immutable trials (do not mutate the result).
+    """
     return grid_study(
         "rich",
         lr_bases=(0.1, 1.0),
         acc=lambda b, lr: 0.9 - 0.02 * abs(math.log2(b / 32)) - (0.03 if lr == 1.0 else 0.0),
         diverged=lambda b, lr: lr == 1.0 and b <= 16,
     )
-
-
-@pytest.fixture(scope="session")
-def built_report(rich_study: FakeStudy, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One full report (with PNGs), built once for every test that only reads it."""
-    return build_report(rich_study, tmp_path_factory.mktemp("report"))

@@ -4,10 +4,10 @@ import math
 import statistics
 
 import pytest
-from conftest import FakeSpec, FakeStudy, final_only, record, trial
 
 from batchlab.report.stats import SeriesKey, Stat, cells, trial_final
 from batchlab.trial import TrialState
+from tests.report.report_factories import FakeSpec, FakeStudy, final_only, record, trial
 
 
 def test_stat_is_mean_and_sample_std_of_finite_values() -> None:

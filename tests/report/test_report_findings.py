@@ -3,10 +3,18 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import FakeBudget, FakeSpec, FakeStudy, final_only, grid_study, trial
 
 from batchlab.report.findings import Finding, comparison_findings, study_findings
 from batchlab.trial import TrialState
+from tests.report.report_factories import (
+    FakeBudget,
+    FakeSpec,
+    FakeStudy,
+    final_only,
+    grid_study,
+    rich_study,
+    trial,
+)
 
 
 def by_kind(fs: list[Finding], kind: str) -> list[Finding]:
@@ -56,18 +64,25 @@ def test_best_on_the_edge_says_to_widen_the_range(accs: tuple[float, ...], side:
     fs = study_findings(seeds_study(dict(zip((8, 16, 32), ([a] for a in accs), strict=True))))
     edge = one(fs, "edge_batch_size")
     assert edge.data["side"] == side and edge.level == "warning"
+    assert edge.data["tied_with"] == [] and "plateau" not in edge.text
     assert ("e.g. 4" if side == "low" else "e.g. 64") in edge.text
 
 
-def test_best_lr_on_the_edge(rich_study: FakeStudy) -> None:
-    fs = study_findings(rich_study)
+def test_an_edge_best_tied_with_its_neighbour_may_be_a_plateau() -> None:
+    fs = study_findings(seeds_study({8: [0.9, 0.92], 16: [0.9, 0.915], 32: [0.7, 0.7]}))
+    edge = one(fs, "edge_batch_size")
+    assert edge.data["tied_with"] == [16] and "plateau" in edge.text
+
+
+def test_best_lr_on_the_edge() -> None:
+    fs = study_findings(rich_study())
     assert one(fs, "edge_lr").data == {"lr_base": 0.1, "side": "low"}
     per_lr = by_kind(fs, "best_per_lr")
     assert [(f.data["lr_base"], f.data["batch_size"]) for f in per_lr] == [(0.1, 32), (1.0, 32)]
 
 
-def test_fastest_compares_time_and_accuracy_with_the_best(rich_study: FakeStudy) -> None:
-    fast = one(study_findings(rich_study), "fastest")
+def test_fastest_compares_time_and_accuracy_with_the_best() -> None:
+    fast = one(study_findings(rich_study()), "fastest")
     assert fast.data["batch_size"] == 256 and fast.data["lr_base"] == 0.1  # ties go to accuracy
     assert "6.00 pp below the best" in fast.text
 
@@ -98,8 +113,8 @@ def test_lr_scaling_is_spelled_out() -> None:
     assert "√(b / 64)" in f.text and f.data == {"rule": "sqrt", "reference_batch_size": 64}
 
 
-def test_diverged_failed_and_unfinished_trials_are_listed(rich_study: FakeStudy) -> None:
-    fs = study_findings(rich_study)
+def test_diverged_failed_and_unfinished_trials_are_listed() -> None:
+    fs = study_findings(rich_study())
     div = one(fs, "diverged")
     assert len(div.data["trials"]) == 4 and div.level == "warning"
     assert "b=8 lr_base=1 (2 of 2 seeds at step 7, 7)" in div.text
@@ -108,7 +123,9 @@ def test_diverged_failed_and_unfinished_trials_are_listed(rich_study: FakeStudy)
         spec=FakeSpec(),
         trials=[
             trial(number=0, evals=final_only(test_acc=0.5)),
-            trial(number=1, state=TrialState.FAILED, error="Traceback...\nRuntimeError: out of memory"),
+            trial(
+                number=1, state=TrialState.FAILED, error="Traceback...\nRuntimeError: out of memory"
+            ),
             trial(number=2, state=TrialState.RUNNING),
         ],
     )

@@ -7,7 +7,6 @@ import statistics
 from typing import Any
 
 import pytest
-from conftest import N_TRAIN, FakeSpec, FakeStudy, final_only, grid_study, record, trial
 
 from batchlab.report import DEFAULT_FIGURES
 from batchlab.report.figure import Figure
@@ -21,6 +20,16 @@ from batchlab.report.figures.throughput import MIB, extract_throughput
 from batchlab.report.palette import palette_for
 from batchlab.report.stats import SeriesKey
 from batchlab.trial import TrialState
+from tests.report.report_factories import (
+    N_TRAIN,
+    FakeSpec,
+    FakeStudy,
+    final_only,
+    grid_study,
+    record,
+    rich_study,
+    trial,
+)
 
 
 def study(*trials: Any, name: str = "s") -> FakeStudy:
@@ -45,16 +54,15 @@ def test_accuracy_is_mean_and_std_over_seeds_in_percent_with_best_marked() -> No
     assert line.std[0] == pytest.approx(statistics.stdev([80.0, 90.0]))
     assert line.n == (2, 2)
     assert err.series[0].mean == pytest.approx((15.0, 10.0))
-    assert [(m.batch_size, m.value) for m in acc.marks] == [(16, pytest.approx(90.0))]
-    assert [(m.batch_size, m.value) for m in err.marks] == [(16, pytest.approx(10.0))]
+    assert [m.batch_size for m in acc.marks] == [16] == [m.batch_size for m in err.marks]
+    assert acc.marks[0].value == pytest.approx(90.0)
+    assert err.marks[0].value == pytest.approx(10.0)
     assert [(d.batch_size, d.value) for d in acc.diverged] == [(32, 1.0)]
     assert data.batch_sizes == (8, 16, 32)
 
 
-def test_accuracy_has_one_line_per_lr_and_none_without_complete_trials(
-    rich_study: FakeStudy,
-) -> None:
-    data = extract_accuracy([rich_study])
+def test_accuracy_has_one_line_per_lr_and_none_without_complete_trials() -> None:
+    data = extract_accuracy([rich_study()])
     assert data is not None
     lines = data.panels[0].series
     assert [s.key.lr_base for s in lines] == [0.1, 1.0]
@@ -66,9 +74,7 @@ def test_accuracy_has_one_line_per_lr_and_none_without_complete_trials(
 def test_error_axis_is_log_only_over_a_wide_range() -> None:
     narrow = extract_accuracy([grid_study(seeds=(0,))])
     assert narrow is not None and not narrow.panels[1].log_y
-    wide = extract_accuracy(
-        [grid_study(seeds=(0,), acc=lambda b, lr: 0.99 if b == 8 else 0.5)]
-    )
+    wide = extract_accuracy([grid_study(seeds=(0,), acc=lambda b, lr: 0.99 if b == 8 else 0.5)])
     assert wide is not None and wide.panels[1].log_y
 
 
@@ -114,8 +120,8 @@ def test_throughput_and_memory_units() -> None:
     assert extract_throughput([study(trial(evals=final_only(test_acc=0.5)))]) is None
 
 
-def test_curves_average_seeds_per_evaluation_at_the_best_lr(rich_study: FakeStudy) -> None:
-    data = extract_curves([rich_study])
+def test_curves_average_seeds_per_evaluation_at_the_best_lr() -> None:
+    data = extract_curves([rich_study()])
     assert data is not None and data.heldout == "test"
     assert [c.batch_size for c in data.curves] == [8, 16, 32, 64, 128, 256]
     assert {c.lr_base for c in data.curves} == {0.1}  # lr 0.1 is best at every size
@@ -137,12 +143,10 @@ def test_curves_show_val_when_no_test_was_recorded() -> None:
     assert data is not None and data.heldout == "val"
 
 
-def test_parallel_has_one_line_per_complete_trial_and_a_study_axis_when_comparing(
-    rich_study: FakeStudy,
-) -> None:
-    data = extract_parallel([rich_study])
+def test_parallel_has_one_line_per_complete_trial_and_a_study_axis_when_comparing() -> None:
+    data = extract_parallel([rich_study()])
     assert data is not None
-    complete = [t for t in rich_study.trials if t.state is TrialState.COMPLETE]
+    complete = [t for t in rich_study().trials if t.state is TrialState.COMPLETE]
     assert len(data.batch_sizes) == len(complete) == 20
     assert [a.label for a in data.axes] == [
         "batch size",
@@ -153,14 +157,14 @@ def test_parallel_has_one_line_per_complete_trial_and_a_study_axis_when_comparin
     ]
     assert max(data.axes[4].values) == pytest.approx(100 * 0.902)
     other = grid_study("other", seeds=(0,))
-    both = extract_parallel([rich_study, other])
+    both = extract_parallel([rich_study(), other])
     assert both is not None and both.axes[0].categories == ("rich", "other")
     assert both.axes[0].values.count(1.0) == 6
 
 
-def test_heatmap_grid_and_diverged_cells(rich_study: FakeStudy) -> None:
+def test_heatmap_grid_and_diverged_cells() -> None:
     assert extract_heatmap([grid_study()]) is None  # one learning rate: no heatmap
-    data = extract_heatmap([rich_study])
+    data = extract_heatmap([rich_study()])
     assert data is not None
     (g,) = data.grids
     assert g.lr_bases == (0.1, 1.0) and g.batch_sizes == (8, 16, 32, 64, 128, 256)
@@ -171,10 +175,8 @@ def test_heatmap_grid_and_diverged_cells(rich_study: FakeStudy) -> None:
 
 
 @pytest.mark.parametrize("figure", DEFAULT_FIGURES, ids=lambda f: f.name)
-def test_renderers_do_not_break_on_a_comparison(
-    figure: Figure[Any], rich_study: FakeStudy
-) -> None:
-    studies = [rich_study, grid_study("b", seeds=(0,))]
+def test_renderers_do_not_break_on_a_comparison(figure: Figure[Any]) -> None:
+    studies = [rich_study(), grid_study("b", seeds=(0,))]
     data = figure.extract(studies)
     assert data is not None
     palette = palette_for(studies)

@@ -1,0 +1,96 @@
+"""Top Hessian eigenvalue of the training loss, by power iteration on Hessian-vector products.
+
+The loss is the mean over a fixed subset of the training set, in eval mode (a deterministic
+function of the weights). Each iteration is one Hessian-vector product by double backward,
+reusing one graph for the gradient; the Hessian itself is never formed.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from batchlab.probes._util import fixed_subset, flat_loss, isolated
+from batchlab.probes.base import LossFn, Need, Probe, ProbeContext, ProbeRecord, Tier
+from batchlab.probes.schedule import AtEnd, Schedule
+
+
+def hessian_top_eigenvalue(
+    model: nn.Module,
+    loss_fn: LossFn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    generator: torch.Generator,
+    max_iters: int = 100,
+    tol: float = 1e-4,
+) -> tuple[float, int]:
+    """(eigenvalue, iterations): the Hessian eigenvalue of largest magnitude of mean loss on (x, y).
+
+    Power iteration converges to the eigenvalue of largest |lambda|; near a minimum that is the
+    top (positive) one. Stops when the Rayleigh quotient changes by less than tol * |lambda|.
+    """
+    with isolated(model, train=False):
+        w0, f = flat_loss(model, loss_fn, x, y)
+        w = w0.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(f(w), w, create_graph=True)
+        v = torch.randn(w.shape, generator=generator, dtype=torch.float64)
+        v = (v / v.norm()).to(device=w.device, dtype=w.dtype)
+        lam = 0.0
+        for it in range(1, max_iters + 1):
+            (hv,) = torch.autograd.grad(grad, w, grad_outputs=v, retain_graph=True)
+            new = float(torch.dot(v.double().flatten(), hv.double().flatten()))  # v has norm 1
+            norm = hv.norm()
+            if float(norm) == 0.0:
+                return 0.0, it
+            v = hv.detach() / norm
+            if it > 1 and abs(new - lam) <= tol * abs(new):
+                return new, it
+            lam = new
+    return lam, max_iters
+
+
+class HessianTop(Probe):
+    """The top Hessian eigenvalue (a sharpness measure), key `total`; `iterations` alongside.
+
+    Measured at the end by default; `subset` examples, drawn once with the probe generator.
+    """
+
+    name: ClassVar[str] = "hessian"
+    tier: ClassVar[Tier] = "full"
+    needs: ClassVar[frozenset[Need]] = frozenset({"data"})
+
+    def __init__(
+        self, *, schedule: Schedule, subset: int = 1024, max_iters: int = 100, tol: float = 1e-4
+    ) -> None:
+        super().__init__(schedule=schedule)
+        self.subset, self.max_iters, self.tol = subset, max_iters, tol
+        self._data: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def default_schedule(cls, total_steps: int | None) -> Schedule:
+        return AtEnd()
+
+    def _measure(self, ctx: ProbeContext) -> list[ProbeRecord]:
+        if self._data is None:
+            self._data = fixed_subset(ctx.generator, ctx.x_train, ctx.y_train, self.subset)
+        lam, iters = hessian_top_eigenvalue(
+            ctx.model,
+            ctx.loss_fn,
+            *self._data,
+            generator=ctx.generator,
+            max_iters=self.max_iters,
+            tol=self.tol,
+        )
+        return [
+            ProbeRecord(ctx.step, self.name, "total", lam),
+            ProbeRecord(ctx.step, self.name, "iterations", float(iters)),
+        ]
+
+    def after_update(self, ctx: ProbeContext) -> list[ProbeRecord]:
+        return self._measure(ctx)
+
+    def finish(self, ctx: ProbeContext) -> list[ProbeRecord]:
+        return self._measure(ctx) if self.schedule.at_end else []

@@ -1,0 +1,414 @@
+""" "What this study shows": statements computed from the results, each with its numbers.
+
+Rules (docs/report.md explains them):
+- Only COMPLETE trials count. A cell is one (lr_base, batch size); its score is the mean final
+  test accuracy over seeds, its spread the sample standard deviation over seeds.
+- Best: the cell with the highest mean (per lr_base, and overall).
+- Neighbours: the best cell is compared with the next smaller and larger batch size at the same
+  lr_base. The difference counts as real when it exceeds the sum of the two standard deviations
+  (the ±1 std bands do not overlap); with one seed on either side it cannot be told.
+- Edge: a best batch size (or lr_base) at the end of the searched range means widen the range.
+- Fastest: the cell with the least training time (for a wall-clock budget: the most samples/s).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from batchlab.report._types import StudyLike
+from batchlab.report.stats import Cell, cells
+from batchlab.trial import FrozenTrial, TrialState
+
+Level = Literal["info", "warning"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Finding:
+    """One statement: a machine-readable `kind`, the sentence, and the numbers behind it."""
+
+    kind: str
+    level: Level
+    text: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "level": self.level, "text": self.text, "data": self.data}
+
+
+def _pct(x: float) -> str:
+    return f"{100.0 * x:.2f} %"
+
+
+def _pp(x: float) -> str:
+    return f"{100.0 * x:.2f} pp"
+
+
+def _acc(c: Cell) -> str:
+    seeds = f"{c.test_acc.n} seed{'s' if c.test_acc.n != 1 else ''}"
+    if math.isfinite(c.test_acc.std):
+        return f"{_pct(c.test_acc.mean)} ± {_pp(c.test_acc.std)} (std over {seeds})"
+    return f"{_pct(c.test_acc.mean)} ({seeds}, no spread)"
+
+
+def _cell_data(c: Cell) -> dict[str, Any]:
+    return {
+        "lr_base": c.key.lr_base,
+        "lr": c.lr,
+        "batch_size": c.batch_size,
+        "test_acc_mean": c.test_acc.mean,
+        "test_acc_std": c.test_acc.std,
+        "n_seeds": c.test_acc.n,
+        "train_time_s_mean": c.train_time_s.mean,
+        "steps_mean": c.steps.mean,
+    }
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
+def _sizes(values: Sequence[tuple[int, float]], fmt: str) -> str:
+    return ", ".join(f"b={b}: {format(v, fmt)}" for b, v in values)
+
+
+def _budget(study: StudyLike, scored: Sequence[Cell]) -> Finding:
+    kind, value = study.spec.budget.kind, study.spec.budget.value
+    per_bs: dict[int, Cell] = {}
+    for c in scored:
+        per_bs.setdefault(c.batch_size, c)
+    steps = [(b, per_bs[b].steps.mean) for b in sorted(per_bs)]
+    epochs = [(b, per_bs[b].epochs.mean) for b in sorted(per_bs)]
+    data: dict[str, Any] = {
+        "kind": kind,
+        "value": value,
+        "steps_by_batch_size": {str(b): s for b, s in steps},
+        "epochs_by_batch_size": {str(b): e for b, e in epochs},
+    }
+    if kind == "epochs":
+        text = f"Budget held equal: {value:g} epochs per trial (equal data)."
+        if len(steps) > 1:
+            text += (
+                " So larger batches took fewer parameter updates: "
+                + _sizes(steps, ",.0f")
+                + ". Part of any accuracy drop at large batch sizes may be these missing updates,"
+                " not the batch size itself; compare on the update axis of the curves."
+            )
+    elif kind == "steps":
+        text = f"Budget held equal: {value:,.0f} parameter updates per trial."
+        if len(epochs) > 1:
+            text += " So larger batches saw more data: " + _sizes(epochs, ".3g") + " epochs."
+    elif kind == "samples":
+        text = f"Budget held equal: {value:,.0f} training samples per trial (equal data)."
+        if len(steps) > 1:
+            text += " So larger batches took fewer updates: " + _sizes(steps, ",.0f") + "."
+    else:
+        text = f"Budget held equal: {value:g} s of training wall time per trial."
+        if len(steps) > 1:
+            text += " Updates made in that time: " + _sizes(steps, ",.0f") + "."
+    return Finding(kind="budget", level="info", text=text, data=data)
+
+
+def _lr_scaling(study: StudyLike) -> Finding:
+    rule, ref = study.spec.lr_scaling, study.spec.reference_batch_size
+    formulas = {"linear": "lr = lr_base × b / {ref}", "sqrt": "lr = lr_base × √(b / {ref})"}
+    if rule in formulas:
+        text = (
+            f"Learning rate scaled with batch size ({rule}): "
+            + formulas[rule].format(ref=ref)
+            + f"; lr_base is the rate at the reference batch size {ref}."
+        )
+    else:
+        text = "Learning rate held fixed across batch sizes (no scaling): lr = lr_base."
+    return Finding(
+        kind="lr_scaling", level="info", text=text, data={"rule": rule, "reference_batch_size": ref}
+    )
+
+
+def _problems(study: StudyLike) -> list[Finding]:
+    out = []
+    diverged = [t for t in study.trials if t.state is TrialState.DIVERGED]
+    if diverged:
+        by_cell: dict[tuple[float, int], list[FrozenTrial]] = {}
+        for t in diverged:
+            by_cell.setdefault((t.lr_base, t.batch_size), []).append(t)
+        parts = []
+        for (lr, b), ts in sorted(by_cell.items()):
+            total = sum(1 for t in study.trials if t.lr_base == lr and t.batch_size == b)
+            steps = sorted(t.diverged_step for t in ts if t.diverged_step is not None)
+            at = f" at step {', '.join(str(s) for s in steps)}" if steps else ""
+            parts.append(f"b={b} lr_base={lr:g} ({len(ts)} of {total} seeds{at})")
+        out.append(
+            Finding(
+                kind="diverged",
+                level="warning",
+                text=f"{_count(len(diverged), 'trial')} diverged: " + "; ".join(parts) + ".",
+                data={
+                    "trials": [
+                        {
+                            "trial_id": t.trial_id,
+                            "batch_size": t.batch_size,
+                            "lr_base": t.lr_base,
+                            "lr": t.lr,
+                            "seed": t.seed,
+                            "step": t.diverged_step,
+                        }
+                        for t in diverged
+                    ]
+                },
+            )
+        )
+    failed = [t for t in study.trials if t.state is TrialState.FAILED]
+    if failed:
+        parts = []
+        for t in failed:
+            why = (t.error or "no error recorded").strip().splitlines()
+            reason = why[-1] if why else "no error recorded"
+            reason = reason if len(reason) <= 120 else reason[:117] + "..."
+            parts.append(f"b={t.batch_size} lr_base={t.lr_base:g} seed {t.seed}: {reason}")
+        out.append(
+            Finding(
+                kind="failed",
+                level="warning",
+                text=f"{_count(len(failed), 'trial')} failed: " + "; ".join(parts) + ".",
+                data={"trials": [{"trial_id": t.trial_id, "error": t.error} for t in failed]},
+            )
+        )
+    unfinished = [t for t in study.trials if not t.state.is_finished]
+    pruned = [t for t in study.trials if t.state is TrialState.PRUNED]
+    if unfinished or pruned:
+        out.append(
+            Finding(
+                kind="unfinished",
+                level="warning",
+                text=(
+                    f"{_count(len(unfinished), 'trial')} not finished and "
+                    f"{_count(len(pruned), 'trial')} pruned: the numbers here may change when the"
+                    " study is resumed."
+                ),
+                data={"unfinished": len(unfinished), "pruned": len(pruned)},
+            )
+        )
+    return out
+
+
+def _neighbours(best: Cell, scored: Sequence[Cell]) -> list[Finding]:
+    same = sorted((c for c in scored if c.key == best.key), key=lambda c: c.batch_size)
+    i = next(k for k, c in enumerate(same) if c.batch_size == best.batch_size)
+    out = []
+    for nb in (same[i - 1] if i > 0 else None, same[i + 1] if i + 1 < len(same) else None):
+        if nb is None:
+            continue
+        diff = best.test_acc.mean - nb.test_acc.mean
+        spread = best.test_acc.std + nb.test_acc.std
+        data: dict[str, Any] = {"batch_size": nb.batch_size, "difference": diff, "spread": spread}
+        if not math.isfinite(spread):
+            verdict, separated = "with a single seed the seed spread is unknown", None
+        elif diff > spread:
+            verdict, separated = f"more than the seed spread ({_pp(spread)})", True
+        else:
+            verdict = f"within the seed spread ({_pp(spread)}): treat them as tied"
+            separated = False
+        data["separated"] = separated
+        out.append(
+            Finding(
+                kind="neighbour",
+                level="info",
+                text=(
+                    f"Against its neighbour b={nb.batch_size} ({_pct(nb.test_acc.mean)}) the best"
+                    f" batch size {best.batch_size} is ahead by {_pp(diff)}, {verdict}."
+                ),
+                data=data,
+            )
+        )
+    return out
+
+
+def _edges(study: StudyLike, best: Cell, neighbours: Sequence[Finding]) -> list[Finding]:
+    out = []
+    sizes = sorted({t.batch_size for t in study.trials})
+    if len(sizes) > 1 and best.batch_size in (sizes[0], sizes[-1]):
+        low = best.batch_size == sizes[0]
+        direction = "smallest" if low else "largest"
+        try_next = best.batch_size // 2 if low else best.batch_size * 2
+        tied = [n.data["batch_size"] for n in neighbours if n.data["separated"] is False]
+        plateau = (
+            f" It is tied with b={tied[0]} within the seed spread, so this may be a plateau"
+            " reaching past the edge."
+            if tied
+            else ""
+        )
+        out.append(
+            Finding(
+                kind="edge_batch_size",
+                level="warning",
+                text=(
+                    f"The best batch size ({best.batch_size}) is the {direction} searched: the"
+                    f" optimum may lie outside the range; widen it {'down' if low else 'up'}ward"
+                    f" (e.g. {try_next}).{plateau}"
+                ),
+                data={
+                    "batch_size": best.batch_size,
+                    "side": "low" if low else "high",
+                    "tied_with": tied,
+                },
+            )
+        )
+    lrs = sorted({t.lr_base for t in study.trials})
+    if len(lrs) > 1 and best.key.lr_base in (lrs[0], lrs[-1]):
+        low = best.key.lr_base == lrs[0]
+        out.append(
+            Finding(
+                kind="edge_lr",
+                level="warning",
+                text=(
+                    f"The best lr_base ({best.key.lr_base:g}) is the"
+                    f" {'smallest' if low else 'largest'} tried: widen the learning-rate range"
+                    f" {'down' if low else 'up'}ward."
+                ),
+                data={"lr_base": best.key.lr_base, "side": "low" if low else "high"},
+            )
+        )
+    return out
+
+
+def _fastest(study: StudyLike, best: Cell, scored: Sequence[Cell]) -> Finding:
+    if study.spec.budget.kind == "seconds":
+        timed = [c for c in scored if math.isfinite(c.samples_per_s.mean)]
+        if not timed:
+            return Finding(kind="fastest", level="info", text="No throughput was recorded.")
+        top = max(timed, key=lambda c: c.samples_per_s.mean)
+        return Finding(
+            kind="fastest",
+            level="info",
+            text=(
+                f"Every trial had the same wall time; batch size {top.batch_size} processed the"
+                f" most data, {top.samples_per_s.mean:,.0f} samples/s."
+            ),
+            data=_cell_data(top),
+        )
+    timed = [c for c in scored if math.isfinite(c.train_time_s.mean)]
+    fast = min(timed, key=lambda c: (c.train_time_s.mean, -c.test_acc.mean), default=None)
+    if fast is None:
+        return Finding(kind="fastest", level="info", text="No training time was recorded.")
+    if fast.batch_size == best.batch_size and fast.key == best.key:
+        text = (
+            f"The best batch size is also the fastest: {fast.train_time_s.mean:.3g} s of training."
+        )
+    else:
+        text = (
+            f"Fastest: batch size {fast.batch_size} (lr_base={fast.key.lr_base:g}) trained in"
+            f" {fast.train_time_s.mean:.3g} s against {best.train_time_s.mean:.3g} s for the best"
+            f" batch size {best.batch_size} ({best.train_time_s.mean / fast.train_time_s.mean:.1f}×"
+            f" longer), reaching {_pct(fast.test_acc.mean)}, "
+            f"{_pp(best.test_acc.mean - fast.test_acc.mean)} below the best."
+        )
+    return Finding(kind="fastest", level="info", text=text, data=_cell_data(fast))
+
+
+def study_findings(study: StudyLike) -> list[Finding]:
+    """Every finding for one study, most important first."""
+    if not study.trials:
+        return [
+            Finding(
+                kind="empty",
+                level="warning",
+                text=f"Study {study.name!r} has no trials yet: run it, then build the report.",
+            )
+        ]
+    all_cells = cells([study])
+    scored = [c for c in all_cells if c.test_acc.n > 0]
+    out: list[Finding] = []
+    if not scored:
+        states: dict[str, int] = {}
+        for t in study.trials:
+            states[t.state.value] = states.get(t.state.value, 0) + 1
+        counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))
+        out.append(
+            Finding(
+                kind="no_complete",
+                level="warning",
+                text=(
+                    f"None of the {_count(len(study.trials), 'trial')} completed ({counts}):"
+                    " there is no accuracy to compare. Lower the learning rate or fix the failures"
+                    " below, then rerun."
+                ),
+                data={"states": states},
+            )
+        )
+        out.extend(_problems(study))
+        out.append(_lr_scaling(study))
+        return out
+    best = max(scored, key=lambda c: (c.test_acc.mean, -c.batch_size))
+    multi_lr = len({c.key.lr_base for c in scored}) > 1
+    where = f" at lr_base={best.key.lr_base:g}" if multi_lr else ""
+    out.append(
+        Finding(
+            kind="best",
+            level="info",
+            text=f"Best batch size: {best.batch_size}{where}, test accuracy {_acc(best)}.",
+            data=_cell_data(best),
+        )
+    )
+    neighbours = _neighbours(best, scored)
+    out.extend(neighbours)
+    if multi_lr:
+        for lr in sorted({c.key.lr_base for c in scored}):
+            mine = [c for c in scored if c.key.lr_base == lr]
+            top = max(mine, key=lambda c: (c.test_acc.mean, -c.batch_size))
+            out.append(
+                Finding(
+                    kind="best_per_lr",
+                    level="info",
+                    text=f"At lr_base={lr:g} the best batch size is {top.batch_size}: {_acc(top)}.",
+                    data=_cell_data(top),
+                )
+            )
+    out.extend(_edges(study, best, neighbours))
+    out.append(_fastest(study, best, scored))
+    out.extend(_problems(study))
+    out.append(_budget(study, scored))
+    out.append(_lr_scaling(study))
+    return out
+
+
+def comparison_findings(studies: Sequence[StudyLike]) -> list[Finding]:
+    """Which study did best, and whether its lead exceeds the seed spread."""
+    bests = []
+    for s in studies:
+        scored = [c for c in cells([s]) if c.test_acc.n > 0]
+        if scored:
+            bests.append(max(scored, key=lambda c: (c.test_acc.mean, -c.batch_size)))
+    if len(bests) < 2:
+        return []
+    bests.sort(key=lambda c: -c.test_acc.mean)
+    top, second = bests[0], bests[1]
+    diff = top.test_acc.mean - second.test_acc.mean
+    spread = top.test_acc.std + second.test_acc.std
+    if not math.isfinite(spread):
+        verdict = "with a single seed the seed spread is unknown"
+    elif diff > spread:
+        verdict = f"more than the seed spread ({_pp(spread)})"
+    else:
+        verdict = f"within the seed spread ({_pp(spread)}): treat them as tied"
+    text = (
+        f"Best overall: {top.key.study!r} at batch size {top.batch_size}"
+        f" (lr_base={top.key.lr_base:g}), {_acc(top)}; ahead of {second.key.study!r}"
+        f" (batch size {second.batch_size}, {_pct(second.test_acc.mean)})"
+        f" by {_pp(diff)}, {verdict}."
+    )
+    return [
+        Finding(
+            kind="comparison_best",
+            level="info",
+            text=text,
+            data={
+                "best": {"study": top.key.study, **_cell_data(top)},
+                "runner_up": {"study": second.key.study, **_cell_data(second)},
+                "difference": diff,
+                "spread": spread,
+            },
+        )
+    ]
