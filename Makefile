@@ -7,7 +7,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STORE ?= batchlab.db
 
-.PHONY: install data run test lint typecheck pytest bench clean
+.PHONY: install data browser run test lint typecheck pytest bench clean
 
 install: $(STAMP)
 
@@ -23,8 +23,12 @@ $(STAMP): pyproject.toml
 data:
 	@test -f $(FMNIST) || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist; }
 
+# Headless Chromium, for the test that renders a report in a real browser.
+browser:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
+
 run: install data
-	$(VENV)/bin/batchlab run --preset quick --store $(STORE)
+	$(VENV)/bin/batchlab run --preset quick --store $(STORE) --report
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -33,13 +37,14 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-pytest: install data
+pytest: install data browser
 	$(VENV)/bin/pytest -q
 
 test: lint typecheck pytest
 
 bench: install data
 	$(PY) benchmarks/engine_speed.py
+	$(PY) benchmarks/probe_cost.py
 
 clean:
-	rm -rf $(VENV) build dist .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist reports .mypy_cache .pytest_cache .ruff_cache

@@ -191,3 +191,40 @@ def test_kill_9_then_rerun_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     # Every evaluation exactly once, and the same numbers as a run that was never killed.
     assert _rows(db) == _rows(tmp_path / "clean.db")
     assert len(_rows(db)) == 3 * 7
+
+
+def test_report_compare_interpolate_and_probe_export(tmp_path: Path) -> None:
+    (tmp_path / "s.toml").write_text(TINY + 'probes = "cheap"\n')
+    out = blab("run", "s.toml", "--store", "r.db", "--quiet", "--report", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    page = tmp_path / "reports" / "cli" / "index.html"
+    assert f"report: {page}" in out.stdout and page.stat().st_size > 100_000
+    assert (tmp_path / "reports" / "cli" / "summary.json").exists()
+    other = blab(
+        "run",
+        "s.toml",
+        "--store",
+        "r.db",
+        "--quiet",
+        "--set",
+        "name=cli2",
+        "--set",
+        "lr_scaling=linear",
+        cwd=tmp_path,
+    )
+    assert other.returncode == 0, other.stderr
+    cmp = blab("compare", "cli", "cli2", "--store", "r.db", "--no-png", cwd=tmp_path)
+    assert cmp.returncode == 0 and (tmp_path / "reports" / "compare" / "index.html").exists()
+    line = blab(
+        "interpolate", "cli", "--store", "r.db", "--points", "4", "--out", "line.csv", cwd=tmp_path
+    )
+    assert line.returncode == 0, line.stderr
+    df = pd.read_csv(tmp_path / "line.csv")
+    assert df["alpha"].tolist() == [-1.0, 0.0, 1.0, 2.0]
+    probes = blab("export", "cli", "--store", "r.db", "--probes", "--out", "p.csv", cwd=tmp_path)
+    assert probes.returncode == 0
+    p = pd.read_csv(tmp_path / "p.csv")
+    assert {"grad_norms", "update_size", "distance"} <= set(p["probe"])
+    assert (p[(p.probe == "distance") & (p.step == 0)]["value"] == 0).all()
+    bad = blab("interpolate", "cli", "--store", "r.db", "--a", "zzz", cwd=tmp_path)
+    assert bad.returncode == 2 and "match 'zzz'" in bad.stderr

@@ -17,6 +17,7 @@ from batchlab._version import __version__
 from batchlab.analysis.grid import bands, cells
 from batchlab.errors import BatchlabError, SpecError
 from batchlab.progress import RichReporter
+from batchlab.report import build_comparison, build_report
 from batchlab.spec import load_spec
 from batchlab.study import DEFAULT_STORE, Study, load_study, run_study
 from batchlab.trial import TrialState
@@ -67,6 +68,15 @@ def cli() -> None:
     type=click.Choice(["small", "full"]),
     help="For a preset: its CPU-sized (small) or paper-scale (full) version.",
 )
+@click.option(
+    "--report",
+    "report_dir",
+    is_flag=False,
+    flag_value="__default__",
+    default=None,
+    metavar="[DIR]",
+    help="Write the HTML report at the end (default DIR: reports/NAME).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def run(
     study_file: Path | None,
@@ -75,6 +85,7 @@ def run(
     store: Path,
     overrides: tuple[str, ...],
     data_dir: Path | None,
+    report_dir: str | None,
     quiet: bool,
 ) -> None:
     """Run (or resume) a study from STUDY_FILE (TOML) and/or a preset, plus overrides.
@@ -99,6 +110,10 @@ def run(
     counts = _state_counts(study)
     click.echo(f"study '{study.name}': {counts}; results in {store.resolve()}")
     click.echo(f"  see them: batchlab show {study.name} --store {store}")
+    if report_dir is not None:
+        out = _report_dir(study.name, None if report_dir == "__default__" else Path(report_dir))
+        page = build_report(study, out)
+        click.echo(f"  report: {page.resolve()}")
 
 
 @cli.command("presets")
@@ -244,9 +259,13 @@ def show(name: str, store: Path) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="File to write (default: stdout).",
 )
-def export(name: str, store: Path, fmt: str, out: Path | None) -> None:
-    """Export one row per trial per evaluation as CSV or JSON (records)."""
-    df = load_study(name, store).to_dataframe()
+@click.option(
+    "--probes", is_flag=True, help="Export the probe records (one row per value) instead."
+)
+def export(name: str, store: Path, fmt: str, out: Path | None, probes: bool) -> None:
+    """Export one row per trial per evaluation (or per probe value) as CSV or JSON."""
+    study = load_study(name, store)
+    df = study.probes_dataframe() if probes else study.to_dataframe()
     if fmt == "csv":
         text = df.to_csv(index=False)
     else:
@@ -256,6 +275,85 @@ def export(name: str, store: Path, fmt: str, out: Path | None) -> None:
     else:
         out.write_text(text, encoding="utf-8")
         click.echo(f"wrote {len(df)} rows to {out}", err=True)
+
+
+def _report_dir(name: str, out: Path | None) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return out if out is not None else Path("reports") / safe
+
+
+@cli.command()
+@click.argument("name")
+@STORE_OPTION
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), help="Folder (default reports/NAME)."
+)
+@click.option("--no-png", is_flag=True, help="Skip the matplotlib PNGs (faster).")
+def report(name: str, store: Path, out: Path | None, no_png: bool) -> None:
+    """Write a self-contained HTML report (index.html, figures/*.png, summary.json)."""
+    study = load_study(name, store)
+    page = build_report(study, _report_dir(name, out), png=not no_png)
+    click.echo(f"report: {page.resolve()}")
+
+
+@cli.command()
+@click.argument("names", nargs=-1, required=True)
+@STORE_OPTION
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("reports/compare"),
+    show_default=True,
+)
+@click.option("--no-png", is_flag=True, help="Skip the matplotlib PNGs (faster).")
+def compare(names: tuple[str, ...], store: Path, out: Path, no_png: bool) -> None:
+    """Overlay several studies (e.g. with and without lr scaling) in the same figures."""
+    studies = [load_study(n, store) for n in names]
+    page = build_comparison(studies, out, png=not no_png)
+    click.echo(f"comparison: {page.resolve()}")
+
+
+@cli.command()
+@click.argument("name")
+@STORE_OPTION
+@click.option(
+    "--a", "trial_a", metavar="TRIAL", help="Trial id (or prefix); default: smallest batch."
+)
+@click.option(
+    "--b", "trial_b", metavar="TRIAL", help="Trial id (or prefix); default: largest batch."
+)
+@click.option("--points", default=31, show_default=True, help="Points along alpha in [-1, 2].")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Also write a CSV.")
+@click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Dataset folder."
+)
+def interpolate(
+    name: str,
+    store: Path,
+    trial_a: str | None,
+    trial_b: str | None,
+    points: int,
+    out: Path | None,
+    data_dir: Path | None,
+) -> None:
+    """Loss and accuracy along w(alpha) = alpha * w_a + (1 - alpha) * w_b, alpha in [-1, 2].
+
+    alpha = 1 is trial A, alpha = 0 is trial B (e.g. large vs small batch from the same init).
+    """
+    from batchlab.study import interpolate_trials
+
+    study = load_study(name, store)
+    table = interpolate_trials(study, trial_a, trial_b, points=points, data_dir=data_dir)
+    console = _out()
+    rich_table = Table(title=f"{name}: A = {table.attrs['a']}, B = {table.attrs['b']}")
+    for col in table.columns:
+        rich_table.add_column(col, justify="right")
+    for row in table.itertuples(index=False):
+        rich_table.add_row(*(f"{v:.4f}" for v in row))
+    console.print(rich_table)
+    if out is not None:
+        table.to_csv(out, index=False)
+        click.echo(f"wrote {out}", err=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -339,3 +339,65 @@ def run_study(
             reporter.trial_finished(t, state)
         reporter.study_finished()
     return load_study(spec.name, store)
+
+
+def interpolate_trials(
+    study: Study,
+    ref_a: str | None,
+    ref_b: str | None,
+    *,
+    points: int = 31,
+    data_dir: Path | None = None,
+    max_examples: int = 10_000,
+) -> pd.DataFrame:
+    """Train and test loss/accuracy along the line from trial B (alpha 0) to trial A (alpha 1).
+
+    Defaults: A = the largest batch size, B = the smallest, both at the first seed and lr, which
+    share their initialization (Keskar et al.'s picture). Uses up to `max_examples` of each split.
+    """
+    from batchlab.probes import interpolate
+
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    if len(done) < 2:
+        raise StoreError(f"study {study.name!r}: need two COMPLETE trials to interpolate")
+    first = sorted(done, key=lambda t: (t.seed, t.lr_base, t.number))
+    a = study.find_trial(ref_a) if ref_a else max(first, key=lambda t: t.batch_size)
+    b = study.find_trial(ref_b) if ref_b else min(first, key=lambda t: t.batch_size)
+    if points < 2:
+        raise SpecError("--points: need at least 2 points")
+    spec = dict(study.spec.resolved_variants()).get(str(a.params.get("variant", "")), study.spec)
+    data = load_dataset(
+        spec.dataset,
+        args=spec.dataset_args,
+        data_dir=data_dir,
+        val_fraction=spec.val_fraction,
+        data_seed=spec.data_seed,
+        train_subset=spec.train_subset,
+    )
+    model = build_model(
+        spec.model,
+        spec.model_args,
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
+        seed=0,
+    )
+    alphas = [-1.0 + 3.0 * i / (points - 1) for i in range(points)]
+    wa, wb = study.weights(a.trial_id), study.weights(b.trial_id)
+    train = interpolate(
+        model, wa, wb, data.x_train[:max_examples], data.y_train[:max_examples], alphas=alphas
+    )
+    test = interpolate(
+        model, wa, wb, data.x_test[:max_examples], data.y_test[:max_examples], alphas=alphas
+    )
+    df = pd.DataFrame(
+        {
+            "alpha": alphas,
+            "train_loss": [r[1] for r in train],
+            "train_acc": [r[2] for r in train],
+            "test_loss": [r[1] for r in test],
+            "test_acc": [r[2] for r in test],
+        }
+    )
+    df.attrs["a"] = f"{a.trial_id} (B={a.batch_size})"
+    df.attrs["b"] = f"{b.trial_id} (B={b.batch_size})"
+    return df

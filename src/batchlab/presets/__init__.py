@@ -45,6 +45,7 @@ _CPU_TIME = {
     "accumulation": "~1 min",
     "batch-schedule": "~2 min",
     "ghost-bn": "~1 min",
+    "sharpness": "~2 min",
 }
 
 
