@@ -1,4 +1,4 @@
-"""Every example study file validates, and runs when cut down to a few steps."""
+"""Every example study file validates at each scale, and runs when cut down to a few steps."""
 
 from __future__ import annotations
 
@@ -7,15 +7,39 @@ from pathlib import Path
 import pytest
 
 import batchlab
+from batchlab import presets
 from batchlab.data import SYSTEM_FASHION_MNIST
 
 EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("*.toml"))
+CUT = [
+    "train_subset=600",
+    "val_fraction=0.01",
+    "batch_sizes=[8, 512]",
+    "budget.epochs=1",
+    "seeds=[0]",
+    "device='cpu'",
+]
+# Designs whose structure the generic cut would break get their own small version.
+SPECIAL = {
+    "batch-schedule.toml": [
+        "train_subset=600",
+        "budget.epochs=3",
+        "variants=[{label='lr-decay', lr_schedule={milestones=[1, 2], factor=5}},"
+        " {label='batch-increase', batch_schedule={milestones=[1, 2], factor=5}}]",
+    ],
+    "lr-grid.toml": [*CUT, "lrs='0.001:0.1:2'", "batch_sizes=[64, 512]"],
+}
 
 
+def test_every_preset_has_an_example() -> None:
+    assert {p.stem for p in EXAMPLES} >= set(presets.names())
+
+
+@pytest.mark.parametrize("scale", [None, "small", "full"])
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
-def test_example_validates(path: Path) -> None:
-    spec = batchlab.load_spec(path)
-    assert spec.trials()
+def test_example_validates(path: Path, scale: str | None) -> None:
+    spec = batchlab.load_spec(path, scale=scale)
+    assert spec.trials(n_train=54000)
 
 
 @pytest.mark.skipif(
@@ -24,10 +48,10 @@ def test_example_validates(path: Path) -> None:
 )
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_runs_cut_down(path: Path, tmp_path: Path) -> None:
-    study = batchlab.run_study(
-        path,
-        store=tmp_path / "r.db",
-        overrides=["budget.steps=3", "train_subset=4096", "batch_sizes=[8, 2048]", "device=cpu"],
-    )
-    assert {t.state for t in study.trials} == {batchlab.TrialState.COMPLETE}
-    assert {t.last.step for t in study.trials if t.last} == {3}
+    study = batchlab.run_study(path, store=tmp_path / "r.db", overrides=SPECIAL.get(path.name, CUT))
+    assert study.trials
+    states = {t.state for t in study.trials}
+    if path.name == "lr-grid.toml":  # high per-example lrs at batch 512 may diverge: that is data
+        assert batchlab.TrialState.COMPLETE in states and batchlab.TrialState.FAILED not in states
+    else:
+        assert states == {batchlab.TrialState.COMPLETE}

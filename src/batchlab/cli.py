@@ -66,7 +66,7 @@ def cli() -> None:
 @click.option(
     "--scale",
     type=click.Choice(["small", "full"]),
-    help="For a preset: its CPU-sized (small) or paper-scale (full) version.",
+    help="The file's or preset's CPU-sized [small] or paper-scale [full] version.",
 )
 @click.option(
     "--report",
@@ -97,10 +97,8 @@ def run(
         raise SpecError(
             "run: give a study file (STUDY.toml) or --preset NAME (see batchlab presets)"
         )
-    if scale is not None and preset_name is None:
-        raise SpecError("--scale: applies to a preset; add --preset NAME")
-    base = presets.get(preset_name).at_scale(scale) if preset_name else None  # type: ignore[arg-type]
-    spec = load_spec(study_file, base=base, overrides=list(overrides))
+    base = presets.get(preset_name).data if preset_name else None
+    spec = load_spec(study_file, base=base, overrides=list(overrides), scale=scale)
     console = Console(stderr=True)
     reporter = None if quiet else RichReporter(console)
     study = run_study(spec, store=store, data_dir=data_dir, reporter=reporter)

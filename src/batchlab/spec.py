@@ -442,17 +442,35 @@ def apply_overrides(data: dict[str, Any], items: list[str]) -> dict[str, Any]:
     return out
 
 
+SCALES = ("small", "full")
+
+
+def apply_scale(data: dict[str, Any], scale: str | None) -> dict[str, Any]:
+    """Drop the `[small]` / `[full]` tables of a study file, applying the one `scale` names."""
+    out = {k: v for k, v in data.items() if k not in SCALES}
+    if scale is not None:
+        if scale not in SCALES:
+            raise SpecError(f"--scale: {scale!r} is not a scale; use small or full")
+        table = data.get(scale, {})
+        if not isinstance(table, dict):
+            raise SpecError(f"[{scale}]: must be a table of spec fields")
+        out.update(table)
+    return out
+
+
 def load_spec(
     path: Path | None = None,
     *,
     base: dict[str, Any] | None = None,
     overrides: list[str] | None = None,
+    scale: str | None = None,
 ) -> StudySpec:
-    """Build a StudySpec from a TOML file (or a base dict such as a preset) plus overrides."""
+    """Build a StudySpec from a TOML file (or a base dict such as a preset), its `[small]` or
+    `[full]` table when `scale` names one, and overrides."""
     data = dict(base or {})
     source = "study spec"
     if path is not None:
         data.update(read_toml(path))
         source = str(path)
-    data = apply_overrides(data, overrides or [])
+    data = apply_overrides(apply_scale(data, scale), overrides or [])
     return spec_from_dict(data, source=source)

@@ -297,16 +297,18 @@ def run_study(
     store: str | Path = DEFAULT_STORE,
     data_dir: Path | None = None,
     overrides: Sequence[str] = (),
+    scale: str | None = None,
     reporter: Reporter | None = None,
 ) -> Study:
     """Run (or resume) a study and return it as stored.
 
-    `spec` is a StudySpec, a path to a TOML file, or a dict of spec fields.
+    `spec` is a StudySpec, a path to a TOML file, or a dict of spec fields; `scale` picks a
+    file's `[small]` or `[full]` table.
     """
     if isinstance(spec, str | Path):
-        spec = load_spec(Path(spec), overrides=list(overrides))
+        spec = load_spec(Path(spec), overrides=list(overrides), scale=scale)
     elif isinstance(spec, dict):
-        spec = load_spec(base=spec, overrides=list(overrides))
+        spec = load_spec(base=spec, overrides=list(overrides), scale=scale)
     elif overrides:
         spec = load_spec(base=spec.to_toml_dict(), overrides=list(overrides))
     reporter = reporter or NullReporter()

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
 
 from batchlab.trial import EvalRecord, FrozenTrial, TrialState
 
@@ -87,7 +90,9 @@ def trial(
     evals: Sequence[EvalRecord] = (),
     error: str | None = None,
     diverged_step: int | None = None,
+    params: Mapping[str, Any] | None = None,
 ) -> FrozenTrial:
+    """A trial; `params` adds to (or overrides) the resolved spec, e.g. variant or control."""
     return FrozenTrial(
         trial_id=f"{study}-{number}",
         study=study,
@@ -97,7 +102,7 @@ def trial(
         lr=lr_base,
         seed=seed,
         state=state,
-        params={"optimizer": "sgd", "dataset": "fashion-mnist", "model": "mlp"},
+        params={"optimizer": "sgd", "dataset": "fashion-mnist", "model": "mlp", **(params or {})},
         evals=tuple(evals),
         error=error,
         diverged_step=diverged_step,
@@ -194,3 +199,46 @@ def rich_study() -> FakeStudy:
         acc=lambda b, lr: 0.9 - 0.02 * abs(math.log2(b / 32)) - (0.03 if lr == 1.0 else 0.0),
         diverged=lambda b, lr: lr == 1.0 and b <= 16,
     )
+
+
+# ---- probe records ------------------------------------------------------------------------------
+
+ProbeRow = tuple[str, int, str, str, float]  # trial_id, step, probe, key, value
+PROBE_COLUMNS = ["trial_id", "step", "probe", "key", "value"]
+
+
+@dataclass
+class FakeProbeStudy(FakeStudy):
+    """A FakeStudy that is also a ProbeSource: its probe records as a long DataFrame."""
+
+    rows: list[ProbeRow] = field(default_factory=list)
+
+    def probes_dataframe(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=PROBE_COLUMNS)
+
+
+def probe_rows(
+    t: FrozenTrial, probe: str, values: Mapping[str, float], step: int
+) -> list[ProbeRow]:
+    """One probe's records of a trial at one step."""
+    return [(t.trial_id, step, probe, k, float(v)) for k, v in values.items()]
+
+
+def histogram_rows(
+    t: FrozenTrial,
+    *,
+    step: int,
+    edges: Sequence[float],
+    counts: Mapping[int, Sequence[float]],
+    variance: Mapping[int, float],
+    under: float = 0.0,
+    over: float = 0.0,
+) -> list[ProbeRow]:
+    """grad_histograms records in the probe's flat key grammar."""
+    values: dict[str, float] = {f"edge={i}": e for i, e in enumerate(edges)}
+    for b, cs in counts.items():
+        values.update({f"B={b}/bin={i}": c for i, c in enumerate(cs)})
+        values.update({f"B={b}/under": under, f"B={b}/over": over})
+        values[f"B={b}/variance"] = variance[b]
+        values[f"B={b}/variance/layer:0.weight"] = variance[b]
+    return probe_rows(t, "grad_histograms", values, step)

@@ -1,6 +1,7 @@
 """Built-in studies, each a TOML file beside this module, runnable with `--preset NAME`.
 
-A preset may carry `[small]` and `[full]` tables: overrides applied by `--scale small|full`.
+A preset may carry `[small]` and `[full]` tables: overrides applied by `--scale small|full`
+(see `batchlab.spec.apply_scale`).
 Design presets are CPU-sized as written (their `[full]` table is the paper's scale); the
 `seed-sweep` preset is the full seed 000 study as written.
 """
@@ -10,30 +11,20 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Literal
+from typing import Any
 
 from batchlab.errors import SpecError
-
-Scale = Literal["small", "full"]
-SCALES = ("small", "full")
 
 
 @dataclass(frozen=True, kw_only=True)
 class Preset:
     name: str
     cpu_time: str  # measured on the 2-core CI machine at the default scale; docs/designs.md
-    data: dict[str, Any]
-    scales: dict[str, dict[str, Any]]
+    data: dict[str, Any]  # as in the file, [small] / [full] tables included
 
     @property
     def description(self) -> str:
         return str(self.data.get("description", ""))
-
-    def at_scale(self, scale: Scale | None) -> dict[str, Any]:
-        """The spec data at a scale: the base with that scale's table applied (if it has one)."""
-        if scale is None:
-            return dict(self.data)
-        return {**self.data, **self.scales.get(scale, {})}
 
 
 _CPU_TIME = {
@@ -58,9 +49,7 @@ def get(name: str) -> Preset:
     if name not in names():
         raise SpecError(f"--preset: unknown preset {name!r}; choose from {', '.join(names())}")
     text = resources.files(__package__).joinpath(f"{name}.toml").read_text(encoding="utf-8")
-    data = tomllib.loads(text)
-    scales = {s: data.pop(s) for s in SCALES if s in data}
-    return Preset(name=name, cpu_time=_CPU_TIME.get(name, "unknown"), data=data, scales=scales)
+    return Preset(name=name, cpu_time=_CPU_TIME.get(name, "unknown"), data=tomllib.loads(text))
 
 
 def all_presets() -> list[Preset]:

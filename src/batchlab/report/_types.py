@@ -6,10 +6,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from batchlab.errors import BatchlabError
 from batchlab.trial import FrozenTrial
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class ReportError(BatchlabError):
@@ -51,3 +54,15 @@ class StudyLike(Protocol):
     def spec(self) -> SpecLike: ...
     @property
     def trials(self) -> Sequence[FrozenTrial]: ...
+
+
+@runtime_checkable
+class ProbeSource(Protocol):
+    """Optional: a study that also has probe records (`batchlab.study.Study` does).
+
+    `probes_dataframe()` is long form, one row per record, with at least the columns trial_id,
+    step, probe, key and value. Probe figures check `isinstance(study, ProbeSource)` and are left
+    out for studies without it, so a `StudyLike` need not have probes.
+    """
+
+    def probes_dataframe(self) -> pd.DataFrame: ...

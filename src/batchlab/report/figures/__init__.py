@@ -1,13 +1,34 @@
-"""The report's figures, one module each; `DEFAULT_FIGURES` is the order they appear in."""
+"""The report's figures, one module each; `DEFAULT_FIGURES` is the order they appear in.
+
+`STUDY_FIGURES` need only the trials of an equal-budget sweep; `DESIGN_FIGURES` show study
+designs (an lr grid, control runs, variants, schedules) and `PROBE_FIGURES` probe records. A
+figure whose data a study lacks is left out of its report.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from batchlab.report.figure import Figure
-from batchlab.report.figures import accuracy, cost, curves, gap, heatmap, parallel, throughput
+from batchlab.report.figures import (
+    accuracy,
+    cost,
+    curves,
+    designs_budget,
+    designs_schedules,
+    designs_stability,
+    designs_variants,
+    gap,
+    heatmap,
+    parallel,
+    probes_distance,
+    probes_histograms,
+    probes_noise,
+    probes_sharpness,
+    throughput,
+)
 
-DEFAULT_FIGURES: tuple[Figure[Any], ...] = (
+STUDY_FIGURES: tuple[Figure[Any], ...] = (
     accuracy.FIGURE,
     cost.FIGURE,
     curves.FIGURE,
@@ -16,5 +37,18 @@ DEFAULT_FIGURES: tuple[Figure[Any], ...] = (
     heatmap.FIGURE,
     throughput.FIGURE,
 )
+DESIGN_FIGURES: tuple[Figure[Any], ...] = (
+    designs_stability.FIGURE,
+    designs_budget.FIGURE,
+    designs_variants.FIGURE,
+    designs_schedules.FIGURE,
+)
+PROBE_FIGURES: tuple[Figure[Any], ...] = (
+    probes_noise.FIGURE,
+    probes_sharpness.FIGURE,
+    probes_distance.FIGURE,
+    probes_histograms.FIGURE,
+)
+DEFAULT_FIGURES: tuple[Figure[Any], ...] = STUDY_FIGURES + DESIGN_FIGURES + PROBE_FIGURES
 
-__all__ = ["DEFAULT_FIGURES"]
+__all__ = ["DEFAULT_FIGURES", "DESIGN_FIGURES", "PROBE_FIGURES", "STUDY_FIGURES"]
