@@ -354,6 +354,179 @@ def interpolate(
         click.echo(f"wrote {out}", err=True)
 
 
+TARGET_OPTION = click.option(
+    "--target",
+    "target_text",
+    default="val_acc=0.98*best",
+    show_default=True,
+    metavar="METRIC=VALUE[*best]",
+    help="What reaching the target means: val_acc=0.9 (absolute) or val_acc=0.98*best"
+    " (fraction of the best; for losses best / fraction). METRIC: val_acc, test_acc, val_loss,"
+    " test_loss.",
+)
+
+
+@cli.command("recommend")
+@click.argument("name")
+@STORE_OPTION
+@TARGET_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the recommendation as JSON.")
+def recommend_cmd(name: str, store: Path, target_text: str, as_json: bool) -> None:
+    """A short answer: best batch size and lr, fastest to the target, critical batch size,
+    the time/accuracy Pareto front, and the assumptions behind them."""
+    from batchlab.analysis.critical import Target
+    from batchlab.analysis.recommend import recommend
+
+    target = Target.parse(target_text)
+    study = load_study(name, store)
+    rec = recommend(study, target, probes=study.probes_dataframe())
+    if as_json:
+        click.echo(json.dumps(rec.to_dict(), indent=1, default=str))
+        return
+    console = _out()
+    console.print(f"[bold]Recommendation for study {name}[/bold]")
+    for line in rec.lines():
+        console.print(line, markup=False, highlight=False)
+
+
+@cli.command("critical")
+@click.argument("name")
+@STORE_OPTION
+@TARGET_OPTION
+@click.option("--variant", default=None, help="Variant to fit (needed when a study has several).")
+@click.option("--boot", default=1000, show_default=True, help="Bootstrap resamples (0: none).")
+@click.option("--json", "as_json", is_flag=True, help="Print the fit as JSON.")
+def critical_cmd(
+    name: str, store: Path, target_text: str, variant: str | None, boot: int, as_json: bool
+) -> None:
+    """Critical batch size: fit S(B) = S_min + E_min / B to the steps each batch size needs to
+    reach the target (McCandlish et al. 2018); B_crit = E_min / S_min."""
+    from batchlab.analysis.critical import Target, critical_batch_size, noise_scale_summary
+
+    study = load_study(name, store)
+    fit = critical_batch_size(study.trials, Target.parse(target_text), variant=variant, n_boot=boot)
+    chosen = [t for t in study.trials if str(t.params.get("variant", "")) == fit.variant]
+    noise = noise_scale_summary(study.probes_dataframe(), chosen)
+    if as_json:
+        payload = {**fit.to_dict(), "noise_scale": None if noise is None else noise.to_dict()}
+        click.echo(json.dumps(payload, indent=1, default=str))
+        return
+    table = Table(title=f"{name}: steps to {fit.target.describe()} (= {fit.threshold:.4g})")
+    for col in ("batch size", "lr", "seeds", "steps S", "samples E", "fit S", "time (s)"):
+        table.add_column(col, justify="right")
+    for p in fit.points:
+        table.add_row(
+            str(p.batch_size),
+            f"{p.lr:.4g}",
+            str(p.seeds),
+            f"{p.steps:.1f}",
+            f"{p.samples:.0f}",
+            f"{fit.steps_at(p.batch_size):.1f}",
+            f"{p.time_s:.3g}",
+        )
+    for b in fit.unreached:
+        table.add_row(str(b), "—", "—", "not reached", "—", f"{fit.steps_at(b):.1f}", "—")
+    console = _out()
+    console.print(table)
+    ci = fit.b_crit_ci
+    click.echo(f"S_min = {fit.s_min:.4g} steps, E_min = {fit.e_min:.4g} samples, R² = {fit.r2:.3f}")
+    click.echo(
+        f"B_crit = E_min / S_min = {fit.b_crit:.4g}"
+        + (f" (95% CI {ci.lo:.4g} .. {ci.hi:.4g}, {fit.n_boot} resamples)" if ci else "")
+        + (f"; {fit.ci_note}" if fit.ci_note else "")
+    )
+    if noise is not None:
+        per = ", ".join(f"B={b}: {v:.4g}" for b, v in noise.per_batch.items())
+        click.echo(f"B_simple (median, late training) = {noise.overall:.4g} ({per})")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise SpecError(
+            f"--batch-sizes {text!r}: use comma-separated integers, e.g. 8,32,128"
+        ) from None
+
+
+@cli.command("profile")
+@click.option("--model", default="mlp", show_default=True, help="mlp, cnn or package.module:fn.")
+@click.option("--dataset", default="synthetic", show_default=True)
+@click.option("--model-args", default="{}", metavar="JSON", help="e.g. '{\"widths\": [64]}'")
+@click.option("--dataset-args", default="{}", metavar="JSON")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 or auto.")
+@click.option(
+    "--batch-sizes",
+    default="8,16,32,64,128,256,512,1024",
+    show_default=True,
+    help="Comma-separated batch sizes to time.",
+)
+@click.option("--margin", default=0.2, show_default=True, help="Memory safety margin (fraction).")
+@click.option("--memory-cap", type=float, help="CPU memory cap in GiB (default: half of free).")
+@click.option("--threads", type=int, help="CPU threads for torch (default: torch's own).")
+@click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")
+def profile_cmd(
+    model: str,
+    dataset: str,
+    model_args: str,
+    dataset_args: str,
+    device: str,
+    batch_sizes: str,
+    margin: float,
+    memory_cap: float | None,
+    threads: int | None,
+    as_json: bool,
+) -> None:
+    """Throughput, peak memory and fraction of the matmul peak per batch size; where
+    throughput stops improving; and the largest batch that fits with a safety margin."""
+    from torch import set_num_threads as torch_threads
+
+    from batchlab.profile import profile_hardware
+
+    def parse(text: str, flag: str) -> dict[str, Any]:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise SpecError(f"{flag}: not valid JSON ({err.msg})") from None
+        if not isinstance(value, dict):
+            raise SpecError(f'{flag}: need a JSON object, e.g. {{"widths": [64]}}')
+        return value
+
+    if threads is not None:
+        if threads <= 0:
+            raise SpecError(f"--threads {threads}: need a positive number")
+        torch_threads(threads)
+    prof = profile_hardware(
+        model=model,
+        dataset=dataset,
+        model_args=parse(model_args, "--model-args"),
+        dataset_args=parse(dataset_args, "--dataset-args"),
+        device=device,
+        batch_sizes=_int_list(batch_sizes),
+        margin=margin,
+        memory_cap_bytes=None if memory_cap is None else int(memory_cap * 2**30),
+    )
+    if as_json:
+        click.echo(json.dumps(prof.to_dict(), indent=1))
+        return
+    table = Table(title=f"profile: {model} on {dataset} ({prof.device})")
+    for col in ("batch size", "samples/s", "step (ms)", "peak mem (MiB)", "GFLOP/s", "of peak"):
+        table.add_column(col, justify="right")
+    for r in prof.rows:
+        table.add_row(
+            str(r.batch_size) + (" (knee)" if r.batch_size == prof.knee_batch_size else ""),
+            f"{r.samples_per_s:,.0f}",
+            f"{1e3 * r.step_time_s:.3g}",
+            f"{r.peak_mem_bytes / 2**20:.0f}",
+            f"{r.flops_per_s / 1e9:.3g}",
+            f"{100 * r.fraction_of_peak:.2g}%",
+        )
+    console = _out()
+    console.print(table)
+    for line in prof.lines():
+        console.print(line, markup=False, highlight=False)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: BatchlabError becomes one line on stderr and exit 2, never a traceback."""
     try:

@@ -21,6 +21,7 @@ from batchlab.report import (
     build_comparison,
     build_report,
 )
+from batchlab.report.figures import STUDY_FIGURES
 from batchlab.trial import TrialState
 from tests.report.report_factories import FakeSpec, FakeStudy, grid_study, rich_study, trial
 
@@ -41,7 +42,9 @@ def test_report_files(built_report: Path) -> None:
     out = built_report.parent
     assert built_report == out / "index.html"
     pngs = sorted(p.name for p in (out / "figures").glob("*.png"))
-    assert pngs == sorted(f"{f.name}.png" for f in DEFAULT_FIGURES)
+    shown = [f for f in DEFAULT_FIGURES if f.extract([rich_study()]) is not None]
+    assert set(STUDY_FIGURES) <= set(shown)  # no probes, controls, variants or schedules here
+    assert pngs == sorted(f"{f.name}.png" for f in shown)
     for p in (out / "figures").glob("*.png"):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -53,7 +56,7 @@ def test_page_is_self_contained_with_plotly_js_once(built_report: Path) -> None:
     ours = html.replace(plotly_js, "")  # the page without the (inert) library text
     assert "<script src=" not in ours and "<link" not in ours
     assert "http://" not in ours and "https://" not in ours
-    for f in DEFAULT_FIGURES:
+    for f in STUDY_FIGURES:
         assert f'id="chart-{f.name}"' in html
     assert "What this study shows" in html
 
@@ -68,8 +71,9 @@ def test_summary_holds_the_numbers_behind_the_findings(built_report: Path) -> No
     assert best["data"]["batch_size"] == 32
     cell = next(c for c in s["cells"] if c["batch_size"] == 8 and c["lr_base"] == 1.0)
     assert cell["diverged"] == 2 and cell["test_acc"]["mean"] is None  # NaN -> null
+    assert [f["name"] for f in summary["figures"]] == [f.name for f in DEFAULT_FIGURES]
     assert [f["name"] for f in summary["figures"] if f["shown"]] == [
-        f.name for f in DEFAULT_FIGURES
+        f.name for f in DEFAULT_FIGURES if f.extract([rich_study()]) is not None
     ]
 
 

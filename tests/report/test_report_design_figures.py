@@ -45,7 +45,14 @@ def stability_study() -> FakeStudy:
 
     def add(b: int, lr: float, *, variant: str = "a", **kw: Any) -> None:
         trials.append(
-            trial(number=len(trials), batch_size=b, lr_base=lr, params={"variant": variant}, **kw)
+            trial(
+                study="stab",
+                number=len(trials),
+                batch_size=b,
+                lr_base=lr,
+                params={"variant": variant},
+                **kw,
+            )
         )
 
     add(8, 0.01, evals=_evals(acc=0.80, first_loss=2.0, last_loss=0.5))
@@ -58,6 +65,7 @@ def stability_study() -> FakeStudy:
     add(8, 0.1, variant="b", evals=_evals(acc=0.5, first_loss=2.0, last_loss=1.0))
     trials.append(
         trial(
+            study="stab",
             number=len(trials),
             batch_size=64,
             lr_base=1.0,
@@ -92,6 +100,7 @@ def budget_study(*, controls: bool = True) -> FakeStudy:
         for seed in (0, 1):
             trials.append(
                 trial(
+                    study="budget",
                     number=len(trials),
                     batch_size=b,
                     seed=seed,
@@ -103,6 +112,7 @@ def budget_study(*, controls: bool = True) -> FakeStudy:
         for b, acc in ((32, 0.9), (128, 0.88)):
             trials.append(
                 trial(
+                    study="budget",
                     number=len(trials),
                     batch_size=b,
                     evals=final_only(test_acc=acc, step=128),
@@ -111,6 +121,7 @@ def budget_study(*, controls: bool = True) -> FakeStudy:
             )
         trials.append(  # a diverged control never enters
             trial(
+                study="budget",
                 number=len(trials),
                 batch_size=128,
                 seed=1,
@@ -148,6 +159,7 @@ def variant_study() -> FakeStudy:
                 for seed in (0, 1):
                     trials.append(
                         trial(
+                            study="var",
                             number=len(trials),
                             batch_size=b,
                             lr_base=lr,
@@ -169,13 +181,13 @@ def test_variants_one_line_per_variant_at_the_best_lr() -> None:
     data = extract_variants([variant_study()])
     assert data is not None
     acc, time, mem = data.panels
-    assert [line.label for line in acc.lines] == ["adam", "sgd"]
-    adam, sgd = acc.lines
-    assert (adam.color, sgd.color) == (0, 1)
+    assert [line.label for line in acc.lines] == ["sgd", "adam"]  # in the spec's order
+    sgd, adam = acc.lines
+    assert (sgd.color, adam.color) == (0, 1)
     assert adam.y == pytest.approx((90.5, 90.5)) and sgd.y == pytest.approx((80.5, 80.5))
-    assert time.lines[1].y == pytest.approx((8.0, 2.0))
+    assert time.lines[0].y == pytest.approx((8.0, 2.0))
     assert time.log_y  # a factor of 8
-    assert mem.lines[0].y == pytest.approx((208.0, 232.0))
+    assert mem.lines[1].y == pytest.approx((208.0, 232.0))
     assert data.batch_sizes == (8, 32)
 
 
@@ -191,6 +203,7 @@ def schedule_study(*, schedules: bool = True) -> FakeStudy:
         for seed in (0, 1):
             trials.append(
                 trial(
+                    study="sched",
                     number=len(trials),
                     batch_size=b,
                     seed=seed,
@@ -207,14 +220,14 @@ def test_schedules_against_epochs_and_updates_with_update_counts() -> None:
     assert data is not None
     by_epoch, by_step = data.panels
     assert [line.label for line in by_epoch.lines] == [
+        "lr-decay · b=32 (128 updates)",
         "constant · b=32 (128 updates)",
         "large · b=256 (16 updates)",
-        "lr-decay · b=32 (128 updates)",
     ]
-    assert [line.dash for line in by_epoch.lines] == [1, 1, 0]  # solid: has a schedule
-    decay = by_epoch.lines[2]
+    assert [line.dash for line in by_epoch.lines] == [0, 1, 1]  # solid: has a schedule
+    decay = by_epoch.lines[0]
     assert decay.x == (0.0, 1.0, 2.0, 3.0, 4.0)
-    assert by_step.lines[1].x == (0.0, 4.0, 8.0, 12.0, 16.0)
+    assert by_step.lines[2].x == (0.0, 4.0, 8.0, 12.0, 16.0)
     expected = [100 * statistics.fmean(curve(32, 0.9, seed=s)[-1].test_acc for s in (0, 1))]
     assert decay.y[-1] == pytest.approx(expected[0])
     assert by_step.x_kind == "log" and by_epoch.x_kind == "linear"

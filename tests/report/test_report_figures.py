@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from batchlab.report import DEFAULT_FIGURES
 from batchlab.report.figure import Figure
+from batchlab.report.figures import STUDY_FIGURES
 from batchlab.report.figures.accuracy import extract_accuracy
 from batchlab.report.figures.cost import extract_cost
 from batchlab.report.figures.curves import extract_curves
@@ -174,7 +174,7 @@ def test_heatmap_grid_and_diverged_cells() -> None:
     assert g.trials[1][0] == 2
 
 
-@pytest.mark.parametrize("figure", DEFAULT_FIGURES, ids=lambda f: f.name)
+@pytest.mark.parametrize("figure", STUDY_FIGURES, ids=lambda f: f.name)
 def test_renderers_do_not_break_on_a_comparison(figure: Figure[Any]) -> None:
     studies = [rich_study(), grid_study("b", seeds=(0,))]
     data = figure.extract(studies)

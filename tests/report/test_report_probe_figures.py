@@ -46,6 +46,7 @@ def probed() -> FakeProbeStudy:
     for (b, lr), acc in ACC.items():
         for seed in (0, 1):
             t = trial(
+                study="p",
                 number=len(trials),
                 batch_size=b,
                 lr_base=lr,
@@ -70,13 +71,14 @@ def probed() -> FakeProbeStudy:
                 t, step=1, edges=EDGES, counts={4: (9.0,) * 4}, variance={4: 9.0}
             )
     control = trial(
+        study="p",
         number=len(trials),
         batch_size=32,
         lr_base=1.0,
         evals=final_only(test_acc=0.99, step=128),
         params={"control": True},
     )
-    diverged = trial(number=len(trials) + 1, batch_size=8, state=TrialState.DIVERGED)
+    diverged = trial(study="p", number=len(trials) + 1, batch_size=8, state=TrialState.DIVERGED)
     for t in (control, diverged):
         trials.append(t)
         rows += probe_rows(t, "noise_scale", {"total": 1e6}, 1)

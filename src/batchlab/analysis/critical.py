@@ -118,6 +118,14 @@ class Target:
         return min(values) / self.fraction
 
 
+def default_target(trials: Iterable[FrozenTrial], fraction: float = 0.98) -> Target:
+    """`fraction` of the best validation accuracy; test accuracy when no validation was kept."""
+    has_val = any(
+        math.isfinite(e.val_acc) for t in trials if t.state is TrialState.COMPLETE for e in t.evals
+    )
+    return Target(metric="val_acc" if has_val else "test_acc", fraction=fraction)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Reach:
     """When one trial first met the target (NaN fields when `reached` is False)."""
@@ -473,7 +481,8 @@ def noise_scale_summary(
     last = df.groupby("trial_id")["step"].transform("max")
     late = df[df["step"] >= (1.0 - late_fraction) * last]
     per_batch = {
-        int(b): float(g["value"].median()) for b, g in late.groupby("batch_size", sort=True)
+        int(cast(int, b)): float(g["value"].median())
+        for b, g in late.groupby("batch_size", sort=True)
     }
     return NoiseScale(
         late_fraction=late_fraction,

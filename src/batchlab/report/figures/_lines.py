@@ -268,7 +268,8 @@ def _mpl_panel(ax: Axes, panel: LinePanel, data: LinesData, palette: Palette) ->
 
 def render_lines_matplotlib(data: LinesData, palette: Palette) -> MplFigure:
     rows, cols = _grid(data)
-    fig = MplFigure(figsize=(5.6 * cols, 4.2 * rows + 0.6), layout="constrained")
+    width = 5.6 * cols if cols > 1 else 8.5
+    fig = MplFigure(figsize=(width, 4.2 * rows + 0.6), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     for i, panel in enumerate(data.panels):
         _mpl_panel(axes[i // cols][i % cols], panel, data, palette)
@@ -283,7 +284,7 @@ def render_lines_matplotlib(data: LinesData, palette: Palette) -> MplFigure:
             handles=list(handles.values()),
             labels=list(handles),
             loc="outside lower center",
-            ncol=legend_columns(list(handles), width_in=5.6 * cols),
+            ncol=legend_columns(list(handles), width_in=width),
             frameon=False,
         )
     return fig

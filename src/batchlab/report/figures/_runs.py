@@ -79,17 +79,20 @@ def best_runs(runs: Sequence[FrozenTrial]) -> dict[tuple[LineKey, int], list[Fro
     """Per (line, batch size): the seeds at the lr_base with the best mean held-out accuracy.
 
     Ties go to the smaller lr_base; an lr whose accuracy is NaN never beats one with a number.
+    Ordered by line (in the order the trials list them, i.e. the spec's variants) then batch size.
     """
     groups: dict[tuple[LineKey, int, float], list[FrozenTrial]] = {}
     for t in runs:
         groups.setdefault((line_key(t), t.batch_size, t.lr_base), []).append(t)
+    order = list(dict.fromkeys(line_key(t) for t in runs))  # lines in the order of the spec
     best: dict[tuple[LineKey, int], tuple[float, list[FrozenTrial]]] = {}
     for (key, b, _), ts in sorted(groups.items(), key=lambda kv: kv[0]):
         score = mean(heldout_acc(t) for t in ts)
         score = score if math.isfinite(score) else -math.inf
         if (key, b) not in best or score > best[(key, b)][0]:
             best[(key, b)] = (score, ts)
-    return {k: ts for k, (_, ts) in sorted(best.items())}
+    ranked = sorted(best.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1]))
+    return {k: ts for k, (_, ts) in ranked}
 
 
 def several_lrs(runs: Sequence[FrozenTrial]) -> bool:
@@ -170,18 +173,18 @@ def lines_vs_batch(
 
     Batch sizes where no trial has a finite value are left out, and so are lines with none.
     """
-    keys = sorted({k for k, _ in groups})
+    keys = list(dict.fromkeys(k for k, _ in groups))
     out = []
     for i, key in enumerate(keys):
         pts = []
-        for (k, b), trials in sorted(groups.items()):
+        for (k, b), trials in sorted(groups.items(), key=lambda kv: kv[0][1]):
             vs = [value(t) * scale for t in trials]
             if k == key and any(math.isfinite(v) for v in vs):
                 pts.append((float(b), mean(vs), std(vs)))
         if pts:
             out.append(
                 Line(
-                    label=key.label(multi_study=multi_study) or key.study,
+                    label=key.label(multi_study=multi_study) or "mean over seeds",
                     x=tuple(p[0] for p in pts),
                     y=tuple(p[1] for p in pts),
                     std=tuple(p[2] for p in pts),

@@ -32,9 +32,9 @@ FAILED_COLOR = "#7f7f7f"
 BAND_COLOR = "#1a1a1a"
 # status -> (legend text, plotly symbol, matplotlib marker, colour)
 MARKS = {
-    "unstable": ("unstable (final train loss ≥ initial)", "triangle-up", "^", UNSTABLE_COLOR),
-    "diverged": ("diverged (non-finite loss)", "x-thin", "x", DIVERGED_COLOR),
-    "failed": ("failed (error)", "square-open", "s", FAILED_COLOR),
+    "unstable": ("unstable", "triangle-up", "^", UNSTABLE_COLOR),
+    "diverged": ("diverged", "x-thin", "x", DIVERGED_COLOR),
+    "failed": ("failed", "square-open", "s", FAILED_COLOR),
 }
 
 
@@ -177,7 +177,7 @@ def render_stability_plotly(data: StabilityData, palette: Palette) -> Any:
                     y=[p[1] for p in best],
                     mode="markers",
                     marker={"symbol": "star", "size": 11, "color": "#ffd400", "line": {"width": 1}},
-                    name="best lr (validation accuracy)",
+                    name="best lr (val. acc.)",
                     legendgroup="best",
                     showlegend="best" not in shown,
                     hovertemplate="batch size %{x}: best lr_base %{y}<extra></extra>",
@@ -278,7 +278,7 @@ def render_stability_matplotlib(data: StabilityData, palette: Palette) -> MplFig
         Rectangle((0, 0), 1, 1, fill=False, edgecolor=BAND_COLOR, lw=2),
         Line2D([], [], ls="", marker="*", ms=12, color="#ffd400", mec="#1a1a1a"),
     ]
-    labels += ["usable band (converged lrs)", "best lr (validation accuracy)"]
+    labels += ["usable band", "best lr (val. acc.)"]
     ncol = legend_columns(labels, width_in=size[0])
     fig.legend(handles, labels, loc="outside lower center", ncol=ncol, frameon=False)
     return fig

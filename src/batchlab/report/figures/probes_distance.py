@@ -43,7 +43,7 @@ def extract_distance(studies: Sequence[StudyLike]) -> LinesData | None:
     finals = lines_vs_batch(best, final_of(vals), multi_study=multi)
     if not finals:
         return None
-    keys = sorted({k for k, _ in best})
+    keys = list(dict.fromkeys(k for k, _ in best))
     paths = []
     for (key, b), trials in best.items():
         per_trial = [vals[t.trial_id] for t in trials if t.trial_id in vals]

@@ -137,7 +137,7 @@ def extract_histograms(studies: Sequence[StudyLike]) -> HistogramsData | None:
                 break
     if not chosen:
         return None
-    keys = sorted({k for k, _ in chosen})
+    keys = list(dict.fromkeys(k for k, _ in chosen))
     hist_panels = []
     for key in keys:
         sizes = sorted(b for k, b in chosen if k == key)

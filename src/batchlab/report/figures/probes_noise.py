@@ -36,7 +36,7 @@ def extract_noise(studies: Sequence[StudyLike]) -> LinesData | None:
     frame = probe_frame(studies, ["noise_scale"])
     vals = values_by_trial(frame, "noise_scale", "total")
     best = best_runs(sweep_runs(studies))
-    keys = sorted({k for k, _ in best})
+    keys = list(dict.fromkeys(k for k, _ in best))
     lines = []
     for (key, b), trials in best.items():
         per_trial = [vals[t.trial_id] for t in trials if t.trial_id in vals]

@@ -1,0 +1,330 @@
+"""A short, plain recommendation from a finished study: which batch size and lr, and why.
+
+Rules (see docs/critical-batch-size.md):
+- A cell is (variant, batch size, lr_base) over seeds; control trials are left out. A cell is
+  eligible when every one of its trials is COMPLETE (a diverged or failed seed disqualifies the
+  lr rather than being averaged away).
+- Best: the eligible cell with the highest mean final test accuracy. Its lead over the runner-up
+  "exceeds the seed spread" when it is larger than the larger of the two cells' sample standard
+  deviations over seeds; with one seed per cell that cannot be told (None).
+- Fastest: the eligible cell whose seeds all reach the target with the least mean training time
+  to it (interpolated, evaluation excluded).
+- Pareto front over eligible cells: mean final training time (lower is better) against mean final
+  test accuracy (higher is better); a cell is on it when no other cell is at least as good on
+  both and better on one.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import pandas as pd
+
+from batchlab.analysis.critical import (
+    CriticalBatchError,
+    CriticalFit,
+    NoiseScale,
+    Target,
+    critical_batch_size,
+    noise_scale_summary,
+    reach,
+)
+from batchlab.errors import BatchlabError
+from batchlab.trial import FrozenTrial, TrialState
+
+
+class _Budget(Protocol):
+    @property
+    def kind(self) -> str: ...
+    @property
+    def value(self) -> float: ...
+
+
+class _Spec(Protocol):
+    @property
+    def budget(self) -> _Budget: ...
+    @property
+    def lr_scaling(self) -> str: ...
+    @property
+    def reference_batch_size(self) -> int: ...
+
+
+class StudyLike(Protocol):
+    """What a recommendation reads: `batchlab.study.Study` satisfies it."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def spec(self) -> _Spec: ...
+    @property
+    def trials(self) -> Sequence[FrozenTrial]: ...
+
+
+class RecommendError(BatchlabError):
+    """The study cannot support a recommendation (one line, says what is missing)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CellSummary:
+    """One (variant, batch size, lr_base) cell: means and sample stds over its seeds."""
+
+    variant: str
+    batch_size: int
+    lr_base: float
+    lr: float
+    seeds: int
+    test_acc: float
+    test_acc_std: float
+    train_time_s: float
+    time_to_target_s: float  # NaN unless every seed reached the target
+    reached: int  # seeds that reached the target
+
+    def label(self) -> str:
+        v = f"{self.variant}: " if self.variant else ""
+        return f"{v}B={self.batch_size}, lr={self.lr:.4g} (lr_base {self.lr_base:g})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recommendation:
+    study: str
+    target: str
+    threshold: float
+    best: CellSummary
+    runner_up: CellSummary | None
+    lead: float
+    spread: float
+    lead_exceeds_spread: bool | None
+    fastest: CellSummary | None
+    critical: CriticalFit | None
+    critical_reason: str
+    noise: NoiseScale | None
+    pareto: tuple[CellSummary, ...]
+    excluded: int  # cells left out because a seed is not COMPLETE
+    assumptions: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        def cell(c: CellSummary | None) -> dict[str, Any] | None:
+            return None if c is None else asdict(c)
+
+        return {
+            "study": self.study,
+            "target": self.target,
+            "threshold": self.threshold,
+            "best": cell(self.best),
+            "runner_up": cell(self.runner_up),
+            "lead": self.lead,
+            "spread": self.spread,
+            "lead_exceeds_spread": self.lead_exceeds_spread,
+            "fastest_to_target": cell(self.fastest),
+            "critical": None if self.critical is None else self.critical.to_dict(),
+            "critical_reason": self.critical_reason,
+            "noise_scale": None if self.noise is None else self.noise.to_dict(),
+            "pareto": [asdict(c) for c in self.pareto],
+            "excluded_cells": self.excluded,
+            "assumptions": list(self.assumptions),
+        }
+
+    def lines(self) -> list[str]:
+        """The recommendation as plain sentences, one per line."""
+        b = self.best
+        out = [
+            f"Best final test accuracy: {b.label()}: {_pct(b.test_acc, b.test_acc_std)}"
+            f" over {b.seeds} seed(s)."
+        ]
+        if self.runner_up is None:
+            out.append("  No runner-up to compare with (one eligible cell).")
+        else:
+            verdict = {
+                None: "one seed per cell, so whether it exceeds the seed spread cannot be told",
+                True: f"larger than the seed spread ({100 * self.spread:.2f} points)",
+                False: f"within the seed spread ({100 * self.spread:.2f} points): a tie",
+            }[self.lead_exceeds_spread]
+            out.append(
+                f"  Lead over the runner-up ({self.runner_up.label()}):"
+                f" {100 * self.lead:.2f} points, {verdict}."
+            )
+        target = f"{self.target} (= {self.threshold:.4g})"
+        if self.fastest is None:
+            out.append(f"Fastest to {target}: no cell reached it with every seed.")
+        else:
+            f = self.fastest
+            out.append(
+                f"Fastest to {target}: {f.label()}: {f.time_to_target_s:.3g} s of training"
+                f" (mean over {f.seeds} seed(s))."
+            )
+        if self.critical is None:
+            out.append(f"Critical batch size: not available: {self.critical_reason}")
+        else:
+            c = self.critical
+            ci = (
+                f", 95% CI {c.b_crit_ci.lo:.3g} .. {c.b_crit_ci.hi:.3g}"
+                if c.b_crit_ci is not None
+                else f" ({c.ci_note})"
+                if c.ci_note
+                else ""
+            )
+            out.append(
+                f"Critical batch size: B_crit = E_min / S_min = {c.b_crit:.3g}{ci}"
+                f" (S_min = {c.s_min:.4g} steps, E_min = {c.e_min:.4g} samples,"
+                f" {len(c.points)} batch sizes, R² = {c.r2:.3f})."
+            )
+            out.append(
+                "  Below B_crit doubling the batch nearly halves the steps; above it, larger"
+                " batches mostly cost more samples."
+            )
+        if self.noise is not None:
+            per = ", ".join(f"B={k}: {v:.3g}" for k, v in self.noise.per_batch.items())
+            out.append(
+                f"Gradient noise scale B_simple (median, last {100 * self.noise.late_fraction:.0f}%"
+                f" of training): {self.noise.overall:.3g} overall ({per})."
+            )
+        front = "; ".join(
+            f"B={c.batch_size}, lr={c.lr:.3g}: {c.train_time_s:.3g} s, {100 * c.test_acc:.2f}%"
+            for c in self.pareto
+        )
+        out.append(f"Pareto front (training time vs final test accuracy): {front}.")
+        if self.excluded:
+            out.append(f"  {self.excluded} cell(s) left out: a seed did not COMPLETE.")
+        out.append("Assumptions: " + " ".join(self.assumptions))
+        return out
+
+
+def _pct(mean: float, std: float) -> str:
+    s = f"{100 * mean:.2f}%"
+    return s if math.isnan(std) else f"{s} ± {100 * std:.2f}"
+
+
+def _stdev(xs: Sequence[float]) -> float:
+    return statistics.stdev(xs) if len(xs) > 1 else math.nan
+
+
+def summarize_cells(
+    trials: Sequence[FrozenTrial], target: Target, threshold: float
+) -> tuple[list[CellSummary], int]:
+    """Eligible cells (every seed COMPLETE with an evaluation) and the number left out."""
+    groups: dict[tuple[str, int, float], list[FrozenTrial]] = {}
+    for t in trials:
+        if t.params.get("control"):
+            continue
+        groups.setdefault((str(t.params.get("variant", "")), t.batch_size, t.lr_base), []).append(t)
+    cells, excluded = [], 0
+    for (variant, b, lr_base), ts in sorted(groups.items()):
+        if not all(t.state is TrialState.COMPLETE and t.evals for t in ts):
+            excluded += 1
+            continue
+        accs = [t.evals[-1].test_acc for t in ts]
+        reaches = [reach(t, target, threshold) for t in ts]
+        done = all(r.reached for r in reaches)
+        cells.append(
+            CellSummary(
+                variant=variant,
+                batch_size=b,
+                lr_base=lr_base,
+                lr=ts[0].lr,
+                seeds=len(ts),
+                test_acc=statistics.fmean(accs),
+                test_acc_std=_stdev(accs),
+                train_time_s=statistics.fmean(t.evals[-1].train_time_s for t in ts),
+                time_to_target_s=(
+                    statistics.fmean(r.time_s for r in reaches) if done else math.nan
+                ),
+                reached=sum(r.reached for r in reaches),
+            )
+        )
+    return cells, excluded
+
+
+def pareto_front(cells: Sequence[CellSummary]) -> list[CellSummary]:
+    """Cells not dominated in (lower training time, higher test accuracy), fastest first."""
+    ok = [c for c in cells if math.isfinite(c.train_time_s) and math.isfinite(c.test_acc)]
+
+    def dominates(a: CellSummary, b: CellSummary) -> bool:
+        return (
+            a.train_time_s <= b.train_time_s
+            and a.test_acc >= b.test_acc
+            and (a.train_time_s < b.train_time_s or a.test_acc > b.test_acc)
+        )
+
+    front = [c for c in ok if not any(dominates(o, c) for o in ok)]
+    return sorted(front, key=lambda c: (c.train_time_s, -c.test_acc))
+
+
+def assumptions(study: StudyLike) -> tuple[str, ...]:
+    spec = study.spec
+    return (
+        f"Every trial got the same budget ({spec.budget.kind} = {spec.budget.value:g}),"
+        " so results compare batch sizes at equal " + spec.budget.kind + ".",
+        f"Learning rates follow the {spec.lr_scaling!r} scaling rule from lr_base at reference"
+        f" batch size {spec.reference_batch_size}.",
+        "Final test accuracy is reported, not tuned on; the target and the best lr per batch"
+        " size for B_crit use the target metric.",
+    )
+
+
+def recommend(
+    study: StudyLike,
+    target: Target | None = None,
+    *,
+    probes: pd.DataFrame | None = None,
+    n_boot: int = 1000,
+) -> Recommendation:
+    """The recommendation for one study; `probes` (long form) adds the noise-scale comparison."""
+    target = target or Target()
+    trials = list(study.trials)
+    done = [t for t in trials if t.state is TrialState.COMPLETE and t.evals]
+    if not done:
+        raise RecommendError(f"recommend: study {study.name!r} has no COMPLETE trial yet")
+    sizes = sorted({t.batch_size for t in trials if not t.params.get("control")})
+    if len(sizes) < 2:
+        raise RecommendError(
+            f"recommend: study {study.name!r} has one batch size ({sizes[0] if sizes else '-'});"
+            " a recommendation compares several: add batch sizes"
+        )
+    try:
+        threshold = target.threshold(done)
+    except CriticalBatchError as err:
+        raise RecommendError(str(err)) from None
+    cells, excluded = summarize_cells(trials, target, threshold)
+    if not cells:
+        raise RecommendError(
+            f"recommend: study {study.name!r} has no (batch size, lr) cell whose seeds all COMPLETE"
+        )
+    ranked = sorted(cells, key=lambda c: (-c.test_acc, c.train_time_s))
+    best = ranked[0]
+    runner = ranked[1] if len(ranked) > 1 else None
+    lead = best.test_acc - runner.test_acc if runner else math.nan
+    spread = max(best.test_acc_std, runner.test_acc_std) if runner else math.nan
+    exceeds = None if runner is None or math.isnan(spread) else lead > spread
+    reached = [c for c in cells if math.isfinite(c.time_to_target_s)]
+    fastest = min(reached, key=lambda c: (c.time_to_target_s, -c.test_acc)) if reached else None
+    fit: CriticalFit | None = None
+    reason = ""
+    try:
+        fit = critical_batch_size(trials, target, variant=best.variant, n_boot=n_boot)
+    except CriticalBatchError as err:
+        reason = str(err).removeprefix("critical batch size: ")
+    noise = None
+    if probes is not None:
+        chosen = [t for t in trials if str(t.params.get("variant", "")) == best.variant]
+        noise = noise_scale_summary(probes, chosen)
+    return Recommendation(
+        study=study.name,
+        target=target.describe(),
+        threshold=threshold,
+        best=best,
+        runner_up=runner,
+        lead=lead,
+        spread=spread,
+        lead_exceeds_spread=exceeds,
+        fastest=fastest,
+        critical=fit,
+        critical_reason=reason,
+        noise=noise,
+        pareto=tuple(pareto_front(cells)),
+        excluded=excluded,
+        assumptions=assumptions(study),
+    )
