@@ -222,7 +222,11 @@ def train_trial(
     # Probes see the freshly initialised weights first (w_0 for the distance probe, also when
     # resuming: the seed rebuilds the same init), draw from their own generator, and leave the
     # training trajectory untouched.
-    suite = ProbeSuite.from_spec(spec.probes, total_steps=total_steps) if spec.probes else None
+    suite = (
+        ProbeSuite.from_spec(spec.probes, total_steps=total_steps, options=spec.probe_args)
+        if spec.probes
+        else None
+    )
     probe_ctx = ProbeContext(
         model=model,
         loss_fn=F.cross_entropy,
@@ -396,6 +400,8 @@ def train_trial(
         epochs_done = samples // n
         if done or (epoch_end and epochs_done % spec.eval_every == 0):
             full = done or (spec.train_eval_every > 0 and epochs_done % spec.train_eval_every == 0)
+            if done and suite is not None:
+                suite.finish(probe_ctx.at(step))  # end-of-training probes: Hessian, sharpness...
             rec = record(
                 run_loss=run_loss,
                 run_acc=run_acc,

@@ -165,6 +165,7 @@ class StudySpec(_Frozen):
     train_eval_every: int = Field(default=0, ge=0)
     eval_batch_size: int = Field(default=4096, gt=0)
     probes: str | tuple[str, ...] | None = None
+    probe_args: dict[str, dict[str, Any]] = Field(default_factory=dict)
     save_weights: bool = True
     accumulate: int = Field(default=1, gt=0)
     batch_schedule: Schedule | None = None

@@ -201,7 +201,8 @@ def prepare(spec: StudySpec, *, data_dir: Path | None = None) -> PreparedStudy:
         train_subset=spec.train_subset,
     )
     try:
-        ProbeSuite.from_spec(spec.probes, total_steps=None)
+        for _, variant in spec.resolved_variants():
+            ProbeSuite.from_spec(variant.probes, total_steps=None, options=variant.probe_args)
     except ValueError as err:
         raise SpecError(f"probes: {err}") from None
     too_big = [b for _, v in spec.resolved_variants() for b in v.batch_sizes if b > data.n_train]

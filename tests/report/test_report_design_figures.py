@@ -5,11 +5,12 @@ from __future__ import annotations
 import functools
 import math
 import statistics
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from batchlab.report import DEFAULT_FIGURES
+from batchlab.report import DEFAULT_FIGURES, build_comparison
 from batchlab.report.figure import Figure
 from batchlab.report.figures import DESIGN_FIGURES, PROBE_FIGURES
 from batchlab.report.figures.designs_budget import extract_budget
@@ -18,6 +19,7 @@ from batchlab.report.figures.designs_stability import extract_stability
 from batchlab.report.figures.designs_variants import MIB, extract_variants
 from batchlab.report.palette import palette_for
 from batchlab.trial import EvalRecord, FrozenTrial, TrialState
+from tests.report.report_browser import CHROMIUM, inspect
 from tests.report.report_factories import (
     FakeProbeStudy,
     FakeSpec,
@@ -256,3 +258,13 @@ def test_new_figures_are_registered() -> None:
     names = [f.name for f in DEFAULT_FIGURES]
     for f in DESIGN_FIGURES + PROBE_FIGURES:
         assert names.count(f.name) == 1
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")
+def test_new_figures_render_in_chromium(tmp_path: Path) -> None:
+    index = build_comparison(_everything(), tmp_path / "report", png=False)
+    result = inspect(index, tmp_path)
+    assert result.errors == []
+    for f in DESIGN_FIGURES + PROBE_FIGURES:
+        assert f"chart-{f.name}" in result.charts
+    assert result.drawn == result.charts  # every chart holds a drawn, non-empty SVG

@@ -18,7 +18,6 @@ from batchlab.report.figures.probes_histograms import extract_histograms
 from batchlab.report.figures.probes_noise import extract_noise
 from batchlab.report.figures.probes_sharpness import extract_sharpness
 from batchlab.study import Study
-from tests.report.report_browser import CHROMIUM, inspect
 
 pytestmark = pytest.mark.slow
 
@@ -32,6 +31,12 @@ SPEC = {
     "lrs": [0.05, 0.2],
     "budget": {"epochs": 2},
     "probes": "full",
+    # Cheap settings for the end-of-training probes (their defaults are for real studies).
+    "probe_args": {
+        "grad_histograms": {"draws": 20, "batch_sizes": [8, 32]},
+        "hessian": {"subset": 128, "max_iters": 20},
+        "sharpness": {"subset": 128, "subspace_dim": 10},
+    },
     "device": "cpu",
     "val_fraction": 0.25,
     "controls": True,
@@ -99,21 +104,8 @@ def test_extracts_give_one_series_per_batch_size_lr_and_budget(study: Study) -> 
     assert extract_variants([study]) is None and extract_schedules([study]) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the engine never calls ProbeSuite.finish(), so hessian, sharpness and"
-    " grad_histograms (end-of-training probes) are not stored",
-)
 def test_end_of_training_probes_reach_the_report(study: Study, report: Path) -> None:
     probes = set(study.probes_dataframe()["probe"])
     assert {"hessian", "sharpness", "grad_histograms"} <= probes
     assert extract_sharpness([study]) is not None and extract_histograms([study]) is not None
     assert {"sharpness", "grad-histograms"} <= set(_shown(report))
-
-
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")
-def test_the_page_renders_in_chromium(report: Path, tmp_path: Path) -> None:
-    result = inspect(report, tmp_path)
-    assert result.errors == []
-    assert result.charts == [f"chart-{name}" for name in _shown(report)]
-    assert result.drawn == result.charts

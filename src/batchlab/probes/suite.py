@@ -19,7 +19,8 @@ without probes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -91,20 +92,30 @@ class ProbeSuite:
         *,
         total_steps: int | None,
         every: int | None = None,
+        options: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> ProbeSuite:
         """Build from the spec's `probes` value with each probe's default schedule.
 
         `total_steps` (None for a wall-clock budget) spreads the default schedules over the
         trial and makes the last step due. `every`, if given, replaces the schedule of every
-        per-step probe by `Every(every)`; end-of-training probes stay at the end.
+        per-step probe by `Every(every)`; end-of-training probes stay at the end. `options`
+        maps a probe name to keyword arguments of its class (e.g. {"sharpness": {"eps": 1e-4}}).
         """
         probes: list[Probe] = []
-        for name in resolve_names(value):
+        names = resolve_names(value)
+        for name in options or {}:
+            if name not in names:
+                raise ValueError(f"options for {name!r}, which is not among the probes {names}")
+        for name in names:
             kind = PROBES[name]
             schedule: Schedule = kind.default_schedule(total_steps)
             if every is not None and not schedule.at_end:
                 schedule = Every(every, total_steps=total_steps)
-            probes.append(kind(schedule=schedule))
+            kwargs = dict((options or {}).get(name, {}))
+            try:
+                probes.append(kind(schedule=schedule, **kwargs))
+            except TypeError as err:
+                raise ValueError(f"{name}: {err}") from None
         return cls(probes=probes)
 
     @property

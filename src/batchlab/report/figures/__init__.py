@@ -1,7 +1,8 @@
 """The report's figures, one module each; `DEFAULT_FIGURES` is the order they appear in.
 
 `STUDY_FIGURES` need only the trials of an equal-budget sweep; `DESIGN_FIGURES` show study
-designs (an lr grid, control runs, variants, schedules) and `PROBE_FIGURES` probe records. A
+designs (an lr grid, control runs, variants, schedules), `PROBE_FIGURES` probe records and
+`ANALYSIS_FIGURES` fits over the study (the critical batch size). A
 figure whose data a study lacks is left out of its report.
 """
 
@@ -13,6 +14,7 @@ from batchlab.report.figure import Figure
 from batchlab.report.figures import (
     accuracy,
     cost,
+    critical,
     curves,
     designs_budget,
     designs_schedules,
@@ -49,6 +51,15 @@ PROBE_FIGURES: tuple[Figure[Any], ...] = (
     probes_distance.FIGURE,
     probes_histograms.FIGURE,
 )
-DEFAULT_FIGURES: tuple[Figure[Any], ...] = STUDY_FIGURES + DESIGN_FIGURES + PROBE_FIGURES
+ANALYSIS_FIGURES: tuple[Figure[Any], ...] = (critical.FIGURE,)
+DEFAULT_FIGURES: tuple[Figure[Any], ...] = (
+    STUDY_FIGURES + DESIGN_FIGURES + PROBE_FIGURES + ANALYSIS_FIGURES
+)
 
-__all__ = ["DEFAULT_FIGURES", "DESIGN_FIGURES", "PROBE_FIGURES", "STUDY_FIGURES"]
+__all__ = [
+    "ANALYSIS_FIGURES",
+    "DEFAULT_FIGURES",
+    "DESIGN_FIGURES",
+    "PROBE_FIGURES",
+    "STUDY_FIGURES",
+]

@@ -96,6 +96,10 @@ def _points(line: Line, panel: LinePanel) -> list[tuple[float, float, float]]:
     return out
 
 
+def _ys(panel: LinePanel) -> list[float]:
+    return [y for line in panel.lines for _, y, _ in _points(line, panel)]
+
+
 def _fmt(v: float) -> str:
     return f"{v:.4g}" if abs(v) < 1e5 else f"{v:,.0f}"
 
@@ -191,6 +195,8 @@ def render_lines_plotly(data: LinesData, palette: Palette) -> Any:
             fig.update_xaxes(
                 title_text=plotly_text(panel.x_label),
                 type="log" if panel.x_kind == "log" else "linear",
+                dtick="D2" if panel.x_kind == "log" else None,  # ticks at 1, 2, 5 × 10^k
+                minorloglabels="complete",
                 rangemode="tozero" if panel.origin else "normal",
                 row=row,
                 col=col,
@@ -198,7 +204,8 @@ def render_lines_plotly(data: LinesData, palette: Palette) -> Any:
         fig.update_yaxes(
             title_text=plotly_text(panel.y_label),
             type="log" if panel.log_y else "linear",
-            dtick="D2" if panel.log_y else None,
+            # 1, 2, 5 × 10^k over a decade or more; plotly's own ticks label a narrower range
+            dtick="D2" if panel.log_y and wide_log(_ys(panel), factor=10.0) else None,
             minorloglabels="complete",
             rangemode="tozero" if panel.origin else "normal",
             row=row,
@@ -291,6 +298,6 @@ def render_lines_matplotlib(data: LinesData, palette: Palette) -> MplFigure:
 
 
 def legend_columns(labels: Sequence[str], *, width_in: float) -> int:
-    """As many legend columns as fit the figure's width (about 0.09 in per character)."""
-    entry_in = 0.9 + 0.09 * max((len(s) for s in labels), default=1)
+    """As many legend columns as fit the figure's width (about 0.075 in per character)."""
+    entry_in = 0.6 + 0.075 * max((len(s) for s in labels), default=1)
     return max(1, min(len(labels), int(width_in / entry_in)))
