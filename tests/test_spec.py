@@ -94,3 +94,11 @@ def test_toml_file_round_trip(tmp_path: Path) -> None:
     assert spec.budget.kind == "steps" and spec.budget.value == 100
     assert spec.seeds == (1, 2)
     assert spec_from_dict(spec.to_toml_dict()) == spec
+
+
+def test_fields_at_their_default_do_not_enter_the_trial_id(make_spec: SpecFactory) -> None:
+    a = spec_from_dict(make_spec()).trials()
+    b = spec_from_dict(make_spec(accumulate=1, probes=None, save_weights=True)).trials()
+    assert [t.trial_id for t in a] == [t.trial_id for t in b]
+    c = spec_from_dict(make_spec(probes="cheap")).trials()
+    assert {t.trial_id for t in a}.isdisjoint(t.trial_id for t in c)

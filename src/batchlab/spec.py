@@ -26,7 +26,7 @@ BudgetKind = Literal["epochs", "steps", "samples", "seconds"]
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 # Fields that say where and how fast to run, not what to run: they do not enter a trial's id,
 # so a study started on one device can be resumed on another.
-EXECUTION_FIELDS = frozenset({"device", "threads"})
+EXECUTION_FIELDS = frozenset({"device", "threads", "save_weights"})
 
 
 class _Frozen(BaseModel):
@@ -352,7 +352,11 @@ class TrialSpec(_Frozen):
 
     @property
     def trial_id(self) -> str:
-        blob = json.dumps(self.params(), sort_keys=True, separators=(",", ":"))
+        """A hash of the resolved spec. Fields left at their defaults are not hashed, so a new
+        spec field with a default does not change the ids of existing trials."""
+        defaults = StudySpec(name=self.study.name).to_toml_dict()
+        identity = {k: v for k, v in self.params().items() if defaults.get(k, object()) != v}
+        blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
