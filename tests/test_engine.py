@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import asdict
@@ -9,7 +10,13 @@ import pytest
 import torch
 
 from batchlab.data import Dataset, load_dataset
-from batchlab.engine import Checkpoint, peak_memory_bytes, reset_peak_memory, train_trial
+from batchlab.engine import (
+    Checkpoint,
+    peak_memory_bytes,
+    reset_peak_memory,
+    sgd_step,
+    train_trial,
+)
 from batchlab.probes import ProbeRecord
 from batchlab.spec import StudySpec, spec_from_dict
 from batchlab.trial import EvalRecord, TrialState
@@ -155,3 +162,36 @@ def test_peak_memory_window_sees_a_large_allocation() -> None:
     assert during - before >= 60 * 2**20
     # a peak does not fall when memory is freed (Linux counts RSS lazily: allow 4 MiB)
     assert peak_memory_bytes(cpu) >= during - 4 * 2**20
+
+
+@pytest.mark.parametrize(
+    ("momentum", "nesterov", "weight_decay"),
+    [(0.0, False, 0.0), (0.9, False, 0.0), (0.9, True, 1e-3), (0.5, False, 1e-2)],
+)
+def test_fast_sgd_step_is_torch_sgd_bit_for_bit(
+    momentum: float, nesterov: bool, weight_decay: float
+) -> None:
+    torch.manual_seed(0)
+    models = [torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3))]
+    models.append(copy.deepcopy(models[0]))
+    opts = [
+        torch.optim.SGD(
+            m.parameters(), lr=0.1, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay
+        )
+        for m in models
+    ]
+    for step in range(5):
+        x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
+        for i, (m, opt) in enumerate(zip(models, opts, strict=True)):
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(m(x), y).backward()  # type: ignore[no-untyped-call]
+            if i == 0:
+                opt.step()
+            else:
+                sgd_step(opt, list(m.parameters()))
+        for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+            assert torch.equal(a, b), f"step {step}"
+    if momentum:
+        sa, sb = opts[0].state_dict(), opts[1].state_dict()
+        for k in sa["state"]:
+            assert torch.equal(sa["state"][k]["momentum_buffer"], sb["state"][k]["momentum_buffer"])
