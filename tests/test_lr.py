@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from batchlab.lr import scaled_lr, warmup_lr
+from batchlab.lr import momentum_rule_batch, noise_scale, scaled_lr, warmup_lr
 
 
 @pytest.mark.parametrize(
@@ -39,3 +39,15 @@ def test_warmup_ramps_linearly_from_reference_to_scaled() -> None:
 
 def test_no_warmup_is_constant() -> None:
     assert warmup_lr(0, lr_ref=0.1, lr=0.5, warmup_steps=0) == 0.5
+
+
+def test_momentum_rule_keeps_the_noise_scale() -> None:
+    # Smith et al.: g = eta N / (B (1 - m)); B proportional to 1 / (1 - m) keeps it fixed.
+    b = momentum_rule_batch(32, 0.0, 0.9)
+    assert b == pytest.approx(320)
+    g0 = noise_scale(0.1, 50_000, 32, 0.0)
+    g1 = noise_scale(0.1, 50_000, round(b), 0.9)
+    assert g0 == pytest.approx(0.1 * (50_000 / 32 - 1))
+    assert g1 == pytest.approx(g0, rel=0.01)  # exact up to the N/B - 1 correction
+    # and B proportional to eta: doubling both leaves g (nearly) unchanged
+    assert noise_scale(0.2, 50_000, 64) == pytest.approx(noise_scale(0.1, 50_000, 32), rel=1e-3)

@@ -33,3 +33,13 @@ def warmup_lr(step: int, *, lr_ref: float, lr: float, warmup_steps: int) -> floa
     if warmup_steps <= 0 or step >= warmup_steps:
         return lr
     return lr_ref + (lr - lr_ref) * step / warmup_steps
+
+
+def noise_scale(lr: float, n_train: int, batch_size: int, momentum: float = 0.0) -> float:
+    """Smith et al.'s SGD noise scale g = eta (N / B - 1) / (1 - m), about eta N / (B (1 - m))."""
+    return lr * (n_train / batch_size - 1) / (1 - momentum)
+
+
+def momentum_rule_batch(batch_size: int, momentum: float, new_momentum: float) -> float:
+    """The batch that keeps the noise scale when momentum changes: B proportional to 1 / (1 - m)."""
+    return batch_size * (1 - momentum) / (1 - new_momentum)
