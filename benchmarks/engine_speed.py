@@ -1,8 +1,9 @@
 """Engine speed: batchlab's training loop vs the plain PyTorch loop users write.
 
-Both train the same MLP (784-512-512-10 by default, `--widths` to change; SGD) on the same Fashion-MNIST examples for one epoch
-per measurement; (a) and (b) alternate in one run and the median of `--repeats` is kept, so the
-ratio is measured under the same machine load. Training time only (no evaluation in either).
+Both train the same MLP (784-512-512-10 by default, `--widths` to change; SGD) on the same
+Fashion-MNIST examples for one epoch per measurement; (a) and (b) alternate in one run and the
+median of `--repeats` is kept, so the ratio is measured under the same machine load. Training
+time only (no evaluation in either).
 
     python benchmarks/engine_speed.py [--n 10000] [--repeats 3] [--widths 512 512]
                                       [--batch-sizes 8 32 128 512 2048]
