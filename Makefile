@@ -7,7 +7,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STORE ?= batchlab.db
 
-.PHONY: install data browser run test lint typecheck pytest bench clean
+.PHONY: install data browser run test lint typecheck pytest bench docs docs-serve dist clean
 
 install: $(STAMP)
 
@@ -46,5 +46,16 @@ bench: install data
 	$(PY) benchmarks/engine_speed.py
 	$(PY) benchmarks/probe_cost.py
 
+# The docs site (mkdocs, material theme) into site/, strict: a broken link or nav entry fails it.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-serve: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
+
+# The sdist and wheel into dist/ (the version comes from src/batchlab/_version.py).
+dist: install
+	$(PY) -m build --no-isolation
+
 clean:
-	rm -rf $(VENV) build dist reports .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist site reports .mypy_cache .pytest_cache .ruff_cache

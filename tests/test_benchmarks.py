@@ -22,6 +22,11 @@ pytestmark = pytest.mark.skipif(
     [
         ["benchmarks/engine_speed.py", "--n", "512", "--repeats", "1", "--batch-sizes", "64"],
         ["benchmarks/probe_cost.py", "--repeats", "1", "--batch-sizes", "512"],
+        [
+            "benchmarks/fused.py",
+            *("--n", "256", "--seeds", "2", "--batch-sizes", "32", "--repeats", "1"),
+            *("--widths", "32"),
+        ],
     ],
 )
 def test_benchmark_runs(args: list[str]) -> None:
@@ -30,3 +35,29 @@ def test_benchmark_runs(args: list[str]) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "x" in out.stdout.splitlines()[-1] or "%" in out.stdout.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_study_speed_reports_every_batch_size_and_side() -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/study_speed.py",
+            *("--epochs", "1", "--batch-sizes", "128", "512", "--train-subset", "512"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    rows = [line.split() for line in lines if line.split() and line.split()[0].isdigit()]
+    assert [int(r[0]) for r in rows] == [128, 512]  # one row per batch size, in order
+    assert all(len(r) == 4 and all(float(c) > 0 for c in r[1:]) for r in rows)
+    sides = [line for line in lines if line.startswith(("(a)", "(b)", "(c)"))]
+    assert len(sides) == 3
+    assert sides[0].endswith("1.00x")  # plain / plain
+    for line in sides:
+        fraction = float(line.split()[-2].rstrip("%"))
+        assert 0 < fraction < 100

@@ -37,6 +37,12 @@ def test_trial_id_is_stable_and_depends_on_what_runs(make_spec: SpecFactory) -> 
     assert len({t.trial_id for t in a}) == len(a)
 
 
+def test_studies_with_other_names_never_share_a_trial(make_spec: SpecFactory) -> None:
+    a = spec_from_dict(make_spec(name="first")).trials()
+    b = spec_from_dict(make_spec(name="second")).trials()
+    assert {t.trial_id for t in a}.isdisjoint(t.trial_id for t in b)
+
+
 def test_overrides_parse_toml_values_and_replace_budget(make_spec: SpecFactory) -> None:
     out = apply_overrides(
         make_spec(),

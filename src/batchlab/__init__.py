@@ -10,6 +10,7 @@ from __future__ import annotations
 from batchlab._version import __version__
 from batchlab.spec import Budget, StudySpec, TrialSpec, load_spec
 from batchlab.study import Study, load_study, run_study
+from batchlab.suggest import Suggestion, suggest
 from batchlab.trial import EvalRecord, FrozenTrial, TrialState
 
 __all__ = [
@@ -18,10 +19,12 @@ __all__ = [
     "FrozenTrial",
     "Study",
     "StudySpec",
+    "Suggestion",
     "TrialSpec",
     "TrialState",
     "__version__",
     "load_spec",
     "load_study",
     "run_study",
+    "suggest",
 ]

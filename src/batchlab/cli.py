@@ -18,8 +18,9 @@ from batchlab.analysis.grid import bands, cells
 from batchlab.errors import BatchlabError, SpecError
 from batchlab.progress import RichReporter
 from batchlab.report import build_comparison, build_report
-from batchlab.spec import load_spec
+from batchlab.spec import load_spec, spec_from_dict
 from batchlab.study import DEFAULT_STORE, Study, load_study, run_study
+from batchlab.trackers import make_trackers
 from batchlab.trial import TrialState
 
 
@@ -78,6 +79,39 @@ def cli() -> None:
     help="Write the HTML report at the end (default DIR: reports/NAME).",
 )
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option(
+    "--log",
+    "log_to",
+    multiple=True,
+    metavar="NAME[=DEST]",
+    help="Also send each trial to a tracker: mlflow[=TRACKING_URI], tensorboard[=LOGDIR]"
+    " (default runs), wandb[=PROJECT]. Repeatable; each needs its extra, e.g."
+    " pip install 'batchlab[mlflow]'.",
+)
+@click.option(
+    "--adaptive",
+    is_flag=True,
+    help="Successive halving: stop configurations clearly behind at rungs (docs/adaptive.md);"
+    " the spec's [adaptive] table, if any, sets the rule.",
+)
+@click.option(
+    "--workers",
+    metavar="N|auto",
+    help="Run trials in N worker processes; auto: one per core, small batches packed"
+    " single-threaded, large ones given every core (docs/performance.md).",
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    help="Where trials run: this machine (default) or a Ray cluster (pip install"
+    " 'batchlab[ray]'; docs/ray.md).",
+)
+@click.option(
+    "--address",
+    "ray_address",
+    metavar="ADDR",
+    help="With --executor ray: the cluster to join (e.g. 10.0.0.1:6379); default: a local one.",
+)
 def run(
     study_file: Path | None,
     preset_name: str | None,
@@ -87,6 +121,11 @@ def run(
     data_dir: Path | None,
     report_dir: str | None,
     quiet: bool,
+    log_to: tuple[str, ...],
+    adaptive: bool,
+    workers: str | None,
+    executor: str | None,
+    ray_address: str | None,
 ) -> None:
     """Run (or resume) a study from STUDY_FILE (TOML) and/or a preset, plus overrides.
 
@@ -98,13 +137,20 @@ def run(
             "run: give a study file (STUDY.toml) or --preset NAME (see batchlab presets)"
         )
     base = presets.get(preset_name).data if preset_name else None
-    spec = load_spec(study_file, base=base, overrides=list(overrides), scale=scale)
+    execution = [f"workers={workers}"] if workers is not None else []
+    execution += [f"executor={executor}"] if executor is not None else []
+    execution += [f"ray_address={json.dumps(ray_address)}"] if ray_address is not None else []
+    spec = load_spec(study_file, base=base, overrides=[*overrides, *execution], scale=scale)
+    if adaptive and spec.adaptive is None:
+        spec = spec_from_dict({**spec.to_toml_dict(), "adaptive": {}}, source="--adaptive")
+    trackers = make_trackers(log_to)  # a missing extra stops here, before the store is touched
     console = Console(stderr=True)
     reporter = None if quiet else RichReporter(console)
-    study = run_study(spec, store=store, data_dir=data_dir, reporter=reporter)
+    study = run_study(spec, store=store, data_dir=data_dir, reporter=reporter, trackers=trackers)
     console_out = _out()
     _print_table(study, console_out)
     _print_bands(study, console_out)
+    _print_pruned(study, console_out)
     counts = _state_counts(study)
     click.echo(f"study '{study.name}': {counts}; results in {store.resolve()}")
     click.echo(f"  see them: batchlab show {study.name} --store {store}")
@@ -232,6 +278,35 @@ def _print_bands(study: Study, console: Console) -> None:
     console.print(table)
 
 
+def _print_pruned(study: Study, console: Console) -> None:
+    """Configurations an adaptive sweep stopped: at which rung and epoch, and how far behind."""
+    from batchlab.adaptive import describe_rule, pruned_configs
+
+    metric = study.spec.adaptive.metric if study.spec.adaptive is not None else "val_acc"
+    rows = pruned_configs(study.trials, metric)
+    if not rows:
+        return
+    title = "stopped by the adaptive rule"
+    if study.spec.adaptive is not None:
+        title += f"\n{describe_rule(study.spec.adaptive)}"
+    table = Table(title=title)
+    has_variants = any(r.variant for r in rows)
+    columns = ("variant", "batch size", "lr (used)", "seeds", "rung", "epoch", metric)
+    for col in columns if has_variants else columns[1:]:
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(
+            *([r.variant] if has_variants else []),
+            str(r.batch_size),
+            f"{r.lr:.4g}",
+            ",".join(str(s) for s in r.seeds),
+            "—" if r.rung is None else str(r.rung),
+            f"{r.epoch:.3g}",
+            f"{r.value:.4f}",
+        )
+    console.print(table)
+
+
 @cli.command()
 @click.argument("name")
 @STORE_OPTION
@@ -244,6 +319,7 @@ def show(name: str, store: Path) -> None:
     console = _out()
     _print_table(study, console)
     _print_bands(study, console)
+    _print_pruned(study, console)
 
 
 @cli.command()
@@ -524,6 +600,118 @@ def profile_cmd(
     console = _out()
     console.print(table)
     for line in prof.lines():
+        console.print(line, markup=False, highlight=False)
+
+
+def _json_object(text: str, flag: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SpecError(f"{flag}: not valid JSON ({err.msg})") from None
+    if not isinstance(value, dict):
+        raise SpecError(f'{flag}: need a JSON object, e.g. {{"widths": [64]}}')
+    return value
+
+
+@cli.command("suggest")
+@click.option("--model", default="mlp", show_default=True, help="mlp, cnn or package.module:fn.")
+@click.option("--dataset", required=True, help="e.g. fashion-mnist, mnist1d, synthetic.")
+@click.option("--model-args", default="{}", metavar="JSON", help="e.g. '{\"widths\": [64]}'")
+@click.option("--dataset-args", default="{}", metavar="JSON")
+@click.option("--train-subset", type=int, help="Keep this many training examples.")
+@click.option("--lr", default=0.05, show_default=True, help="SGD lr at --batch-size.")
+@click.option("--batch-size", default=32, show_default=True, help="Small batch of the short run.")
+@click.option("--momentum", default=0.0, show_default=True)
+@click.option(
+    "--reference",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Study spec of the full sweep this replaces (default: the seed-sweep preset's grid).",
+)
+@click.option("--budget-fraction", default=0.05, show_default=True, help="Of the sweep's compute.")
+@click.option("--max-seconds", default=300.0, show_default=True, help="Short-run time limit.")
+@click.option("--draws", default=16, show_default=True, help="Small batches per measurement.")
+@click.option("--measurements", default=40, show_default=True, help="Noise-scale measurements.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
+@click.option("--threads", type=int, help="CPU threads for torch (default: torch's own).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--verify", is_flag=True, help="Run short trials at the suggestion and neighbours.")
+@STORE_OPTION
+@click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Dataset folder."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the suggestion as JSON.")
+def suggest_cmd(
+    model: str,
+    dataset: str,
+    model_args: str,
+    dataset_args: str,
+    train_subset: int | None,
+    lr: float,
+    batch_size: int,
+    momentum: float,
+    reference: Path | None,
+    budget_fraction: float,
+    max_seconds: float,
+    draws: int,
+    measurements: int,
+    device: str,
+    threads: int | None,
+    seed: int,
+    verify: bool,
+    store: Path,
+    data_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Suggest a batch size and lr range before sweeping: a short run measuring the gradient
+    noise scale plus a hardware profile, within a small fraction of the full sweep's compute."""
+    from torch import set_num_threads as torch_threads
+
+    from batchlab.suggest import load_reference, suggest
+
+    if threads is not None:
+        if threads <= 0:
+            raise SpecError(f"--threads {threads}: need a positive number")
+        torch_threads(threads)
+    ref_spec, ref_source = load_reference(reference)
+    sug = suggest(
+        model=model,
+        dataset=dataset,
+        model_args=_json_object(model_args, "--model-args"),
+        dataset_args=_json_object(dataset_args, "--dataset-args"),
+        train_subset=train_subset,
+        data_dir=data_dir,
+        lr=lr,
+        batch_size=batch_size,
+        momentum=momentum,
+        reference=ref_spec,
+        reference_source=ref_source,
+        budget_fraction=budget_fraction,
+        max_seconds=max_seconds,
+        draws=draws,
+        measurements=measurements,
+        device=device,
+        seed=seed,
+        verify=verify,
+        store=store,
+    )
+    if as_json:
+        click.echo(json.dumps(sug.to_dict(), indent=1, default=str))
+        return
+    table = Table(title=f"suggest: {model} on {dataset} (B_crit ~ {sug.b_crit:.3g})")
+    for col in ("batch size", "samples/s", "steps x S_min", "samples x E_min", "time", "lr range"):
+        table.add_column(col, justify="right")
+    for c in sug.candidates:
+        table.add_row(
+            str(c.batch_size) + (" (suggested)" if c.batch_size == sug.batch_size else ""),
+            f"{c.samples_per_s:,.0f}",
+            f"{c.steps_factor:.3g}",
+            f"{c.samples_factor:.3g}",
+            f"{c.relative_time:.2f}x",
+            f"{c.lr_lo:.3g} .. {c.lr_hi:.3g}",
+        )
+    console = _out()
+    console.print(table)
+    for line in sug.lines():
         console.print(line, markup=False, highlight=False)
 
 

@@ -62,7 +62,8 @@ class Checkpoint:
 
 @dataclass(frozen=True, kw_only=True)
 class Outcome:
-    """How a trial ended: COMPLETE or DIVERGED (the engine never returns FAILED; it raises)."""
+    """How a trial ended: COMPLETE or DIVERGED (the engine never returns FAILED; it raises), or
+    RUNNING when it paused at `stop_at_step` with a checkpoint, to be resumed later."""
 
     state: TrialState
     diverged_step: int | None = None
@@ -229,12 +230,19 @@ def train_trial(
     on_eval: EvalSink,
     resume: Checkpoint | None = None,
     on_progress: Callable[[Progress], None] | None = None,
+    stop_at_step: int | None = None,
 ) -> Outcome:
     """Train one trial from scratch (or from `resume`) until its budget is spent or it diverges.
 
     Evaluations happen before training (idx 0), every `eval_every` epochs, and at the end; each is
     handed to `on_eval` with a checkpoint when it falls on an epoch boundary.
+
+    `stop_at_step` pauses the trial at the first checkpointed evaluation at or after that step
+    (returning RUNNING); resuming from that checkpoint continues bit-identically, as if it had
+    never stopped. Adaptive sweeps use it to hold trials at a rung.
     """
+    if stop_at_step is not None and stop_at_step < 1:
+        raise ValueError(f"stop_at_step must be >= 1, got {stop_at_step}")
     spec, budget = trial.study, trial.budget
     x, y = data.x_train, data.y_train
     n = x.shape[0]
@@ -282,6 +290,8 @@ def train_trial(
         shuffle.set_state(resume.generator_state)
         step, samples, train_time = resume.step, resume.samples, resume.train_time_s
         eval_idx = resume.eval_idx + 1
+        if stop_at_step is not None and step >= stop_at_step:
+            return Outcome(state=TrialState.RUNNING)  # already paused at or past the stop
 
     def current_lr() -> float:
         return float(optimizer.param_groups[0]["lr"])
@@ -449,6 +459,8 @@ def train_trial(
             )
             on_eval(rec, checkpoint() if epoch_end else None, drained())
             eval_idx += 1
+            if stop_at_step is not None and epoch_end and not done and step >= stop_at_step:
+                return Outcome(state=TrialState.RUNNING)  # paused on the checkpoint just stored
         if on_progress is not None:
             on_progress(
                 Progress(step=step, total_steps=total_steps, train_loss=run_loss, train_acc=run_acc)

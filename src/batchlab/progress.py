@@ -21,7 +21,8 @@ from batchlab.trial import TrialState
 
 
 class RichReporter:
-    """Implements `batchlab.study.Reporter` with two live bars."""
+    """Implements `batchlab.study.Reporter` with live bars: the study, and each running trial
+    (several at once under a worker pool, where a bar shows the trial until it finishes)."""
 
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
@@ -37,7 +38,8 @@ class RichReporter:
             transient=False,
         )
         self._study: TaskID | None = None
-        self._trial: TaskID | None = None
+        self._trial: TaskID | None = None  # the latest trial started: what progress updates
+        self._trials: dict[str, TaskID] = {}
         self._states: dict[str, int] = {}
 
     def study_started(self, spec: StudySpec, total: int, already_done: int) -> None:
@@ -51,10 +53,9 @@ class RichReporter:
         )
 
     def trial_started(self, trial: TrialSpec, total_steps: int | None) -> None:
-        if self._trial is not None:
-            self._bars.remove_task(self._trial)
         label = f"  B={trial.batch_size} lr={trial.lr:.3g} seed={trial.seed}"
         self._trial = self._bars.add_task(label, total=total_steps, status="")
+        self._trials[trial.trial_id] = self._trial
 
     def trial_progress(self, progress: engine.Progress) -> None:
         if self._trial is None:
@@ -68,13 +69,19 @@ class RichReporter:
             self._bars.update(self._trial, completed=progress.step)
 
     def trial_finished(self, trial: TrialSpec, state: TrialState) -> None:
+        bar = self._trials.pop(trial.trial_id, None)
+        if bar is not None:
+            self._bars.remove_task(bar)
+            if bar == self._trial:
+                self._trial = None
         self._states[state.value] = self._states.get(state.value, 0) + 1
         if self._study is not None:
             summary = " ".join(f"{k.lower()} {v}" for k, v in sorted(self._states.items()))
             self._bars.update(self._study, advance=1, status=summary)
 
     def study_finished(self) -> None:
-        if self._trial is not None:
-            self._bars.remove_task(self._trial)
-            self._trial = None
+        for bar in self._trials.values():
+            self._bars.remove_task(bar)
+        self._trials.clear()
+        self._trial = None
         self._bars.stop()

@@ -15,7 +15,7 @@ import math
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -26,20 +26,26 @@ BudgetKind = Literal["epochs", "steps", "samples", "seconds"]
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 # Fields that say where and how fast to run, not what to run: they do not enter a trial's id,
 # so a study started on one device can be resumed on another.
-EXECUTION_FIELDS = frozenset({"device", "threads", "save_weights"})
+EXECUTION_FIELDS = frozenset(
+    {"device", "threads", "save_weights", "adaptive", "workers", "executor", "ray_address"}
+)
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class Budget(_Frozen):
     """What every trial is given, held equal across batch sizes: exactly one of the four."""
 
     epochs: int | None = Field(default=None, gt=0)
+    """Passes over the training set."""
     steps: int | None = Field(default=None, gt=0)
+    """Optimizer updates."""
     samples: int | None = Field(default=None, gt=0)
+    """Training examples seen, summed over updates."""
     seconds: float | None = Field(default=None, gt=0)
+    """Training time in seconds, evaluation excluded."""
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Budget:
@@ -75,8 +81,11 @@ class Schedule(_Frozen):
     """
 
     milestones: tuple[int, ...] = Field(min_length=1)
+    """Increasing epochs at which the schedule steps, e.g. [10, 20]."""
     factor: float = Field(gt=1.0)
+    """At each milestone, multiply the batch (or divide the lr) by this."""
     max_batch: int | None = Field(default=None, gt=0)
+    """Batch schedules: a cap on the batch; milestones past it divide the lr instead."""
 
     @field_validator("milestones")
     @classmethod
@@ -88,6 +97,38 @@ class Schedule(_Frozen):
     def passed(self, epoch: int, scale: int = 1) -> int:
         """How many milestones (in epochs, stretched by `scale`) lie at or before `epoch`."""
         return sum(epoch >= m * scale for m in self.milestones)
+
+
+class Adaptive(_Frozen):
+    """Successive halving over the grid (`batchlab.adaptive`): train every configuration to a
+    rung, stop those clearly behind, continue the rest. An execution setting: trial ids do not
+    change, and a configuration that survives trains exactly as in the full grid.
+
+    Rungs lie at budget fractions min_fraction * eta**k below 1 (1/9, 1/3 by default); at each,
+    the top 1/eta of the configurations by `metric` go on, with every configuration within the
+    noise margin of the cut-off (at least `min_margin`) and, with `keep_per_batch`, the best
+    configuration at each batch size.
+    """
+
+    eta: float = Field(default=3.0, gt=1.0)
+    """Keep the top 1/eta of the configurations at each rung; rungs are eta times apart."""
+    min_fraction: float = Field(default=1 / 9, gt=0.0, lt=1.0)
+    """The first rung, as a fraction of the budget."""
+    metric: Literal["val_acc", "val_loss"] = "val_acc"
+    """What ranks configurations at a rung (on the validation split)."""
+    keep_per_batch: bool = True
+    """Always keep the best configuration at each batch size."""
+    min_margin: float = Field(default=0.0, ge=0.0)
+    """Keep every configuration within at least this margin of the cut-off."""
+
+    def fractions(self) -> tuple[float, ...]:
+        """The rung fractions of the budget, below 1 (the end of training is not a rung)."""
+        out = []
+        r = self.min_fraction
+        while r < 1 - 1e-9:
+            out.append(r)
+            r *= self.eta
+        return tuple(out)
 
 
 def parse_lrs(value: object) -> object:
@@ -141,40 +182,109 @@ class StudySpec(_Frozen):
     """Everything that defines a study. Defaults are visible here, in one place."""
 
     name: str = Field(min_length=1)
+    """The study's name: its key in the store (batchlab show NAME)."""
     description: str = ""
+    """Free text, shown by batchlab presets and in reports."""
     dataset: str = "fashion-mnist"
+    """fashion-mnist, mnist, kmnist, mnist1d, digits, synthetic, npz:PATH, or
+    package.module:function returning (x_train, y_train, x_test, y_test)."""
     dataset_args: dict[str, Any] = Field(default_factory=dict)
+    """Options of the dataset, e.g. synthetic: kind, n_train, dim, classes; mnist1d:
+    make_dataset options."""
     train_subset: int | None = Field(default=None, gt=0)
+    """Keep only this many training examples (after the validation split)."""
     val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    """Fraction of the training set held out for validation (0: none); the test set is untouched."""
     data_seed: int = 0
+    """Seed of the validation split, the same for every trial."""
     model: str = "mlp"
+    """mlp, cnn, or package.module:function returning an nn.Module that maps a batch to logits."""
     model_args: dict[str, Any] = Field(default_factory=dict)
+    """Options of the model: mlp widths; cnn channels, hidden, kernel_size, batchnorm,
+    ghost_batch."""
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    """sgd (momentum, nesterov), adam or adamw (betas)."""
     momentum: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """SGD momentum."""
     nesterov: bool = False
+    """Nesterov momentum, with sgd."""
     betas: tuple[float, float] = (0.9, 0.999)
+    """Adam and AdamW betas."""
     weight_decay: float = Field(default=0.0, ge=0.0)
+    """Weight decay, as in torch.optim (decoupled for adamw)."""
     lrs: tuple[float, ...] = (0.01,)
+    """Base learning rates, each valid at reference_batch_size: a list, one number, or
+    "lo:hi:n" for n values log-spaced from lo to hi."""
     reference_batch_size: int = Field(default=32, gt=0)
+    """The batch size at which a base lr applies; lr_scaling scales from it."""
     lr_scaling: Literal["none", "linear", "sqrt"] = "none"
+    """How the lr follows the batch size B: none (as given), linear (x B / reference), sqrt (x
+    sqrt(B / reference))."""
     warmup_epochs: float = Field(default=0.0, ge=0.0)
+    """Epochs of linear ramp from the base lr to the scaled lr (0: no warmup)."""
     batch_sizes: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+    """Batch sizes to compare: a list, or "lo:hi" for the powers of two from lo to hi."""
     seeds: tuple[int, ...] = (0,)
+    """Each (batch size, lr) runs once per seed; the seed draws the weights and the data order."""
     budget: Budget = Field(default_factory=lambda: Budget(epochs=25))
+    """What every trial gets, equal across batch sizes: exactly one of epochs, steps, samples,
+    seconds."""
     eval_every: int = Field(default=1, gt=0)
+    """Epochs between evaluations on the validation and test sets (one is made before training)."""
     train_eval_every: int = Field(default=0, ge=0)
+    """Epochs between full passes over the training set (0: only before training and at the end)."""
     eval_batch_size: int = Field(default=4096, gt=0)
+    """Examples per chunk when evaluating (memory only: results do not depend on it)."""
     probes: str | tuple[str, ...] | None = None
+    """Measurements during training: a tier ("cheap", "standard", "full") or a list of probe
+    names."""
     probe_args: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Options per probe, e.g. { noise_scale = { draws = 8 } }."""
     save_weights: bool = True
+    """Store each finished trial's final weights (for interpolation and sharpness)."""
     accumulate: int = Field(default=1, gt=0)
+    """Gradient accumulation: micro-batches per optimizer step; must divide every batch size."""
     batch_schedule: Schedule | None = None
+    """Multiply the batch size by factor at milestone epochs (Smith et al.)."""
     lr_schedule: Schedule | None = None
+    """Divide the lr by factor at milestone epochs."""
     regime_adaptation: bool = False
+    """Hoffer et al.: train batch B for ceil(B / reference_batch_size) times the epochs,
+    milestones stretched alike."""
     controls: bool = False
+    """Add, for each batch size above the smallest, a run with as many updates as the smallest
+    got."""
     variants: tuple[dict[str, Any], ...] = ()
+    """Run the grid once per variant: tables of field overrides with a unique label, e.g. {
+    label = "adam", optimizer = "adam" }."""
     device: str = "auto"
+    """auto (CUDA when available), cpu, cuda, cuda:N or mps."""
     threads: int | None = Field(default=None, gt=0)
+    """CPU threads for torch (unset: torch's default)."""
+    adaptive: Adaptive | None = None
+    """Successive halving over the grid: true for the default rule, or a table of its options."""
+    # How trials run (batchlab.executor): 1 = one after another in this process; N = a pool of
+    # N worker processes; "auto" = one per core, small batches packed single-threaded.
+    workers: Annotated[int, Field(gt=0)] | Literal["auto"] = 1
+    """Trials at once: 1 (one after another, in this process), N worker processes, or "auto"."""
+    executor: Literal["local", "ray"] = "local"
+    """Where trials run: local processes, or a Ray cluster."""
+    ray_address: str | None = None
+    """With executor = "ray": the cluster to join (unset: start one)."""
+
+    @field_validator("adaptive", mode="before")
+    @classmethod
+    def _adaptive(cls, v: object) -> object:
+        if isinstance(v, bool):  # adaptive = true: the default rule; false: the full grid
+            return {} if v else None
+        return v
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, v: object) -> object:
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v > 0):
+            return v
+        raise ValueError(f"{v!r} is not a worker count; use a positive integer or auto")
 
     @field_validator("batch_sizes", mode="before")
     @classmethod
@@ -236,6 +346,16 @@ class StudySpec(_Frozen):
             raise ValueError("controls: need at least two batch sizes")
         if self.controls and self.batch_schedule is not None:
             raise ValueError("controls: not with a batch_schedule (update counts are not fixed)")
+        if self.adaptive is not None and self.budget.seconds is not None:
+            raise ValueError(
+                "adaptive: rungs are fractions of planned steps; use an epochs,"
+                " steps or samples budget, not seconds"
+            )
+        if self.adaptive is not None and self.val_fraction == 0:
+            raise ValueError(
+                "adaptive: rungs rank trials on the validation split;"
+                " set val_fraction > 0 (e.g. 0.1)"
+            )
         labels = [str(v.get("label", "")) for v in self.variants]
         if any(not lab for lab in labels) or len(set(labels)) != len(labels):
             raise ValueError('variants: every variant needs a unique label, e.g. label = "adam"')
@@ -249,7 +369,7 @@ class StudySpec(_Frozen):
         out = []
         for i, v in enumerate(self.variants):
             overrides = {k: val for k, val in v.items() if k != "label"}
-            banned = {"name", "variants", "description"} & set(overrides)
+            banned = {"name", "variants", "description", "adaptive"} & set(overrides)
             if banned:
                 raise SpecError(f"variants[{i}]: cannot override {sorted(banned)}")
             data = {**base, **overrides, "variants": []}
@@ -352,10 +472,13 @@ class TrialSpec(_Frozen):
 
     @property
     def trial_id(self) -> str:
-        """A hash of the resolved spec. Fields left at their defaults are not hashed, so a new
-        spec field with a default does not change the ids of existing trials."""
+        """A hash of the resolved spec, the study's name included (two studies in one store never
+        share a trial). Other fields left at their defaults are not hashed, so a new spec field
+        with a default does not change the ids of existing trials."""
         defaults = StudySpec(name=self.study.name).to_toml_dict()
-        identity = {k: v for k, v in self.params().items() if defaults.get(k, object()) != v}
+        identity = {
+            k: v for k, v in self.params().items() if k == "name" or defaults.get(k, object()) != v
+        }
         blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -379,7 +502,8 @@ def _explain(err: ValidationError, source: str) -> SpecError:
     loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     where = _format_loc(loc) or "spec"
     if e["type"] == "extra_forbidden":
-        parent: type[BaseModel] = Budget if loc[:1] == ("budget",) else StudySpec
+        nested: dict[object, type[BaseModel]] = {"budget": Budget, "adaptive": Adaptive}
+        parent = nested.get(loc[0], StudySpec) if len(loc) > 1 else StudySpec
         valid = sorted(parent.model_fields)
         close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
         hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(valid)}"

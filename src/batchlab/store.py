@@ -4,11 +4,18 @@ Tables: `studies` (name, spec), `trials` (resolved spec, state, lr used, provena
 (one row per trial per evaluation) and `checkpoints` (the latest per-epoch checkpoint of each
 unfinished trial). An evaluation row and the checkpoint taken at the same moment are written in
 one transaction, so a killed process never leaves one without the other.
+
+Several processes may share a store: a process claims a trial (`claim_trial`) in one
+transaction, which succeeds only for a WAITING trial or a RUNNING one whose owner is gone (a
+dead process on this host, or a heartbeat older than the lease elsewhere), and then alone
+writes that trial's rows, each write checked against its claim (`ClaimLost` otherwise).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -20,7 +27,9 @@ from batchlab.errors import StoreError
 from batchlab.probes import ProbeRecord
 from batchlab.trial import EvalRecord, FrozenTrial, TrialState
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: trials.owner and trials.heartbeat_at (claims); version 1 migrates
+LEASE_S = 60.0
+"""A claim whose owner runs on another host lapses when its heartbeat is older than this."""
 _EVAL_COLUMNS = EvalRecord.columns()
 
 _SCHEMA = f"""
@@ -46,7 +55,9 @@ CREATE TABLE IF NOT EXISTS trials (
     diverged_step INTEGER,
     started_at REAL,
     ended_at REAL,
-    provenance_json TEXT NOT NULL DEFAULT '{{}}'
+    provenance_json TEXT NOT NULL DEFAULT '{{}}',
+    owner TEXT,
+    heartbeat_at REAL
 );
 CREATE INDEX IF NOT EXISTS trials_by_study ON trials(study, number);
 CREATE TABLE IF NOT EXISTS evals (
@@ -79,6 +90,46 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 """
 
 
+class ClaimLost(Exception):
+    """A write for a trial this process no longer owns (another process reclaimed it)."""
+
+
+def _start_ticks(pid: int) -> str:
+    """A process's start time in clock ticks since boot (Linux), to tell a reused pid apart;
+    empty where /proc is not available."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def process_owner() -> str:
+    """This process as a claim owner: host/pid/start time."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}/{pid}/{_start_ticks(pid)}"
+
+
+def owner_alive(owner: str | None, heartbeat_at: float | None, *, lease_s: float) -> bool:
+    """Whether a claim still holds: on this host, its process exists (same pid and start time);
+    elsewhere, its heartbeat is younger than `lease_s`. A claim without owner (a store written
+    before claims existed) never holds."""
+    if not owner:
+        return False
+    host, _, rest = owner.partition("/")
+    pid_text, _, ticks = rest.partition("/")
+    if host == socket.gethostname() and pid_text.isdigit():
+        pid = int(pid_text)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass  # exists, owned by another user
+        return not ticks or _start_ticks(pid) in ("", ticks)
+    return heartbeat_at is not None and time.time() - heartbeat_at < lease_s
+
+
 def _nan_to_none(v: Any) -> Any:
     return None if isinstance(v, float) and v != v else v
 
@@ -98,14 +149,23 @@ class Store:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
+            self._migrate()
         except sqlite3.DatabaseError as err:
             raise StoreError(
                 f"store {self.path}: cannot open as a batchlab SQLite store ({err})"
             ) from None
+
+    def _migrate(self) -> None:
+        """Bring an older store up to this schema (new columns only: old readers still work)."""
+        with self._tx() as db:
+            columns = {r[1] for r in db.execute("PRAGMA table_info(trials)")}
+            for name, kind in (("owner", "TEXT"), ("heartbeat_at", "REAL")):
+                if name not in columns:
+                    db.execute(f"ALTER TABLE trials ADD COLUMN {name} {kind}")
+            db.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
 
     @classmethod
     def open_existing(cls, path: str | Path) -> Store:
@@ -212,30 +272,114 @@ class Store:
         return TrialState(row[0])
 
     def start_trial(self, trial_id: str, provenance: dict[str, Any]) -> tuple[int, bytes | None]:
-        """Mark a trial RUNNING and return (last eval idx kept, checkpoint payload or None).
+        """Mark a trial RUNNING (owned by this process, whoever held it) and return (last eval
+        idx kept, checkpoint payload or None).
 
         Evaluation rows recorded after the checkpoint (by a run that was killed before its next
         checkpoint) are deleted here, so the resumed run writes them again exactly once.
         """
         with self._tx() as db:
+            return self._start(db, trial_id, provenance, process_owner())
+
+    def claim_trial(
+        self,
+        trial_id: str,
+        provenance: dict[str, Any],
+        *,
+        owner: str,
+        lease_s: float = LEASE_S,
+    ) -> tuple[int, bytes | None] | None:
+        """`start_trial` for one of several processes: None unless the trial is WAITING, or
+        RUNNING under a claim that no longer holds (`owner_alive`). Atomic: the check and the
+        update happen in one write transaction, so two processes never both get a trial."""
+        with self._tx() as db:
             row = db.execute(
-                "SELECT eval_idx, payload FROM checkpoints WHERE trial_id = ?", (trial_id,)
+                "SELECT state, owner, heartbeat_at FROM trials WHERE trial_id = ?", (trial_id,)
             ).fetchone()
-            keep = int(row[0]) if row else -1
-            kept_step = db.execute(
-                "SELECT COALESCE(MAX(step), -1) FROM evals WHERE trial_id = ? AND idx <= ?",
-                (trial_id, keep),
-            ).fetchone()[0]
-            db.execute("DELETE FROM evals WHERE trial_id = ? AND idx > ?", (trial_id, keep))
-            db.execute(
-                "DELETE FROM probes WHERE trial_id = ? AND step > ?", (trial_id, int(kept_step))
+            if row is None:
+                raise StoreError(f"no trial {trial_id!r} in {self.path}")
+            if not self._claimable(row, owner, lease_s):
+                return None
+            return self._start(db, trial_id, provenance, owner)
+
+    @staticmethod
+    def _claimable(row: Sequence[Any], owner: str, lease_s: float) -> bool:
+        """(state, owner, heartbeat_at) of a trial: may `owner` claim it? Its own claim it may
+        renew (a restart after its worker died)."""
+        state, holder, beat = TrialState(row[0]), row[1], row[2]
+        if state.is_finished:
+            return False
+        if state == TrialState.RUNNING and holder != owner:
+            return not owner_alive(holder, beat, lease_s=lease_s)
+        return True
+
+    def claim_states(
+        self, trial_ids: Sequence[str], *, owner: str, lease_s: float = LEASE_S
+    ) -> dict[str, tuple[TrialState, bool]]:
+        """(state, claimable by `owner`) per trial, read without taking any claim."""
+        out = {}
+        for tid in trial_ids:
+            row = self._db.execute(
+                "SELECT state, owner, heartbeat_at FROM trials WHERE trial_id = ?", (tid,)
+            ).fetchone()
+            if row is None:
+                raise StoreError(f"no trial {tid!r} in {self.path}")
+            out[tid] = (TrialState(row[0]), self._claimable(row, owner, lease_s))
+        return out
+
+    def _start(
+        self, db: sqlite3.Connection, trial_id: str, provenance: dict[str, Any], owner: str
+    ) -> tuple[int, bytes | None]:
+        row = db.execute(
+            "SELECT eval_idx, payload FROM checkpoints WHERE trial_id = ?", (trial_id,)
+        ).fetchone()
+        keep = int(row[0]) if row else -1
+        kept_step = db.execute(
+            "SELECT COALESCE(MAX(step), -1) FROM evals WHERE trial_id = ? AND idx <= ?",
+            (trial_id, keep),
+        ).fetchone()[0]
+        db.execute("DELETE FROM evals WHERE trial_id = ? AND idx > ?", (trial_id, keep))
+        db.execute("DELETE FROM probes WHERE trial_id = ? AND step > ?", (trial_id, int(kept_step)))
+        now = time.time()
+        db.execute(
+            "UPDATE trials SET state = ?, attempts = attempts + 1, started_at ="
+            " COALESCE(started_at, ?), provenance_json = ?, error = NULL, owner = ?,"
+            " heartbeat_at = ? WHERE trial_id = ?",
+            (TrialState.RUNNING.value, now, json.dumps(provenance), owner, now, trial_id),
+        )
+        return keep, (bytes(row[1]) if row else None)
+
+    def heartbeat(self, owner: str) -> int:
+        """Renew every claim `owner` holds; the number of RUNNING trials it holds."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE trials SET heartbeat_at = ? WHERE owner = ? AND state = ?",
+                (time.time(), owner, TrialState.RUNNING.value),
             )
-            db.execute(
-                "UPDATE trials SET state = ?, attempts = attempts + 1, started_at ="
-                " COALESCE(started_at, ?), provenance_json = ?, error = NULL WHERE trial_id = ?",
-                (TrialState.RUNNING.value, time.time(), json.dumps(provenance), trial_id),
-            )
-            return keep, (bytes(row[1]) if row else None)
+            return int(cur.rowcount)
+
+    def update_provenance(self, trial_id: str, updates: dict[str, Any]) -> None:
+        """Merge `updates` (where a worker ran: host, pid, device) into a trial's provenance."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT provenance_json FROM trials WHERE trial_id = ?", (trial_id,)
+            ).fetchone()
+            if row is not None:
+                merged = {**json.loads(row[0]), **updates}
+                db.execute(
+                    "UPDATE trials SET provenance_json = ? WHERE trial_id = ?",
+                    (json.dumps(merged), trial_id),
+                )
+
+    @staticmethod
+    def _check_claim(db: sqlite3.Connection, trial_id: str, owner: str | None) -> None:
+        if owner is None:
+            return
+        row = db.execute(
+            "SELECT owner, state FROM trials WHERE trial_id = ?", (trial_id,)
+        ).fetchone()
+        if row is None or row[0] != owner or row[1] != TrialState.RUNNING.value:
+            raise ClaimLost(f"trial {trial_id}: claimed by {row[0] if row else None}, not {owner}")
 
     def add_eval(
         self,
@@ -243,10 +387,14 @@ class Store:
         record: EvalRecord,
         checkpoint: bytes | None,
         probes: Sequence[ProbeRecord] = (),
+        *,
+        owner: str | None = None,
     ) -> None:
-        """Store one evaluation and, in the same transaction, its checkpoint and probe records."""
+        """Store one evaluation and, in the same transaction, its checkpoint and probe records.
+        With `owner`, only while that owner holds the trial's claim (else `ClaimLost`)."""
         values = [_nan_to_none(v) for v in record.as_dict().values()]
         with self._tx() as db:
+            self._check_claim(db, trial_id, owner)
             self._insert_probes(db, trial_id, probes)
             db.execute(
                 f"INSERT INTO evals(trial_id, {', '.join(_EVAL_COLUMNS)})"
@@ -278,11 +426,14 @@ class Store:
         diverged_step: int | None = None,
         probes: Sequence[ProbeRecord] = (),
         weights: bytes | None = None,
+        owner: str | None = None,
     ) -> None:
         """Record a final state (with late probe records and final weights) and drop the
-        checkpoint, which is no longer needed."""
+        checkpoint, which is no longer needed. With `owner`, only while that owner holds the
+        trial's claim (else `ClaimLost`)."""
         assert state.is_finished, state
         with self._tx() as db:
+            self._check_claim(db, trial_id, owner)
             self._insert_probes(db, trial_id, probes)
             if weights is not None:
                 db.execute(

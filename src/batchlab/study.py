@@ -18,27 +18,31 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
 import torch
 
 from batchlab._version import __version__
+from batchlab.adaptive import run_adaptive
 from batchlab.data import Dataset, load_dataset
 from batchlab.engine import (
     Checkpoint,
     Outcome,
     Progress,
-    planned_steps,
     resolve_device,
     train_trial,
 )
 from batchlab.errors import SpecError, StoreError
+from batchlab.executor import check_executor, run_trials
 from batchlab.models import build_model
 from batchlab.probes import ProbeRecord, ProbeSuite
 from batchlab.spec import StudySpec, TrialSpec, load_spec, spec_from_dict
 from batchlab.store import Store
 from batchlab.trial import EvalRecord, FrozenTrial, TrialState
+
+if TYPE_CHECKING:
+    from batchlab.trackers import Tracker
 
 DEFAULT_STORE = Path("batchlab.db")
 TRIAL_COLUMNS = [
@@ -53,6 +57,7 @@ TRIAL_COLUMNS = [
     "control",
     "state",
     "diverged_step",
+    "reason",
     "optimizer",
     "dataset",
     "model",
@@ -91,6 +96,8 @@ class Study:
                 "control": bool(t.params.get("control", False)),
                 "state": t.state.value,
                 "diverged_step": t.diverged_step,
+                # why it ended early: the adaptive rule (PRUNED) or the error's last line (FAILED)
+                "reason": next(reversed((t.error or "").strip().splitlines()), None),
                 "optimizer": t.params.get("optimizer"),
                 "dataset": t.params.get("dataset"),
                 "model": t.params.get("model"),
@@ -257,7 +264,11 @@ def _run_one(
     prepared: PreparedStudy,
     reporter: Reporter,
     prov: dict[str, Any],
+    *,
+    stop_at_step: int | None = None,
 ) -> TrialState:
+    """Run (or resume) one trial and record how it ended; with `stop_at_step`, a trial that
+    pauses there stays RUNNING with its checkpoint (adaptive sweeps continue it later)."""
     tid = trial.trial_id
     _, payload = store.start_trial(tid, prov)
     resume = Checkpoint.from_bytes(payload) if payload is not None else None
@@ -273,10 +284,13 @@ def _run_one(
             on_eval=sink,
             resume=resume,
             on_progress=reporter.trial_progress,
+            stop_at_step=stop_at_step,
         )
     except Exception:  # any failure of one trial is recorded, and the study goes on
         store.finish_trial(tid, TrialState.FAILED, error=traceback.format_exc())
         return TrialState.FAILED
+    if outcome.state == TrialState.RUNNING:  # paused at stop_at_step, checkpoint stored
+        return outcome.state
     weights = None
     if outcome.weights is not None and prepared.spec.save_weights:
         buf = io.BytesIO()
@@ -300,11 +314,13 @@ def run_study(
     overrides: Sequence[str] = (),
     scale: str | None = None,
     reporter: Reporter | None = None,
+    trackers: Sequence[Tracker] = (),
 ) -> Study:
     """Run (or resume) a study and return it as stored.
 
     `spec` is a StudySpec, a path to a TOML file, or a dict of spec fields; `scale` picks a
-    file's `[small]` or `[full]` table.
+    file's `[small]` or `[full]` table. `trackers` (batchlab.trackers) get each trial that this
+    process runs, read back from the store when it finishes.
     """
     if isinstance(spec, str | Path):
         spec = load_spec(Path(spec), overrides=list(overrides), scale=scale)
@@ -313,8 +329,13 @@ def run_study(
     elif overrides:
         spec = load_spec(base=spec.to_toml_dict(), overrides=list(overrides))
     reporter = reporter or NullReporter()
+    if trackers:
+        from batchlab.trackers import TrackingReporter
+
+        reporter = TrackingReporter(trackers, store=store, inner=reporter)
     if spec.threads is not None:
         torch.set_num_threads(spec.threads)
+    check_executor(spec)
     prepared = prepare(spec, data_dir=data_dir)
     trials = spec.trials(n_train=prepared.data.n_train)
     with Store(store) as s:
@@ -336,10 +357,10 @@ def run_study(
         todo = [t for t in trials if not s.trial_state(t.trial_id).is_finished]
         reporter.study_started(spec, len(trials), len(trials) - len(todo))
         prov = provenance(prepared.device)
-        for t in todo:
-            reporter.trial_started(t, planned_steps(t, prepared.data.n_train))
-            state = _run_one(s, t, prepared, reporter, prov)
-            reporter.trial_finished(t, state)
+        if spec.adaptive is not None:  # successive halving over the grid: batchlab.adaptive
+            run_adaptive(s, trials, prepared, reporter, prov, run_one=_run_one)
+            todo = []
+        run_trials(s, todo, prepared, reporter, prov)  # claimed one by one; see batchlab.executor
         reporter.study_finished()
     return load_study(spec.name, store)
 

@@ -473,8 +473,16 @@ def noise_scale_summary(
         return None
     df = probes[(probes["probe"] == "noise_scale") & (probes["key"] == "total")]
     if trials is not None:
+        trials = list(trials)
         keep = {t.trial_id for t in trials if t.state is TrialState.COMPLETE}
         df = df[df["trial_id"].isin(keep)]
+        if "batch_size" not in df.columns:  # a bare probe table: take sizes from the trials
+            sizes = {t.trial_id: t.batch_size for t in trials}
+            df = df.assign(batch_size=df["trial_id"].map(sizes))
+    if "batch_size" not in df.columns:
+        raise CriticalBatchError(
+            "noise scale: the probe table has no batch_size column; pass the trials as well"
+        )
     df = df[np.isfinite(df["value"].astype(float))]
     if df.empty:
         return None

@@ -128,36 +128,48 @@ class Recommendation:
             "assumptions": list(self.assumptions),
         }
 
-    def lines(self) -> list[str]:
-        """The recommendation as plain sentences, one per line."""
+    def parts(self) -> list[tuple[str, list[str]]]:
+        """The recommendation as (topic, sentences) pairs, in reading order.
+
+        Topics: "best", "fastest", "critical", "noise" (only when probed), "pareto",
+        "assumptions". The first sentence of each states the answer; later ones qualify it.
+        """
         b = self.best
-        out = [
+        best = [
             f"Best final test accuracy: {b.label()}: {_pct(b.test_acc, b.test_acc_std)}"
             f" over {b.seeds} seed(s)."
         ]
         if self.runner_up is None:
-            out.append("  No runner-up to compare with (one eligible cell).")
+            best.append("No runner-up to compare with (one eligible cell).")
         else:
             verdict = {
                 None: "one seed per cell, so whether it exceeds the seed spread cannot be told",
                 True: f"larger than the seed spread ({100 * self.spread:.2f} points)",
                 False: f"within the seed spread ({100 * self.spread:.2f} points): a tie",
             }[self.lead_exceeds_spread]
-            out.append(
-                f"  Lead over the runner-up ({self.runner_up.label()}):"
+            best.append(
+                f"Lead over the runner-up ({self.runner_up.label()}):"
                 f" {100 * self.lead:.2f} points, {verdict}."
             )
+        out: list[tuple[str, list[str]]] = [("best", best)]
         target = f"{self.target} (= {self.threshold:.4g})"
         if self.fastest is None:
-            out.append(f"Fastest to {target}: no cell reached it with every seed.")
+            out.append(("fastest", [f"Fastest to {target}: no cell reached it with every seed."]))
         else:
             f = self.fastest
             out.append(
-                f"Fastest to {target}: {f.label()}: {f.time_to_target_s:.3g} s of training"
-                f" (mean over {f.seeds} seed(s))."
+                (
+                    "fastest",
+                    [
+                        f"Fastest to {target}: {f.label()}: {f.time_to_target_s:.3g} s of"
+                        f" training (mean over {f.seeds} seed(s))."
+                    ],
+                )
             )
         if self.critical is None:
-            out.append(f"Critical batch size: not available: {self.critical_reason}")
+            out.append(
+                ("critical", [f"Critical batch size: not available: {self.critical_reason}"])
+            )
         else:
             c = self.critical
             ci = (
@@ -168,29 +180,47 @@ class Recommendation:
                 else ""
             )
             out.append(
-                f"Critical batch size: B_crit = E_min / S_min = {c.b_crit:.3g}{ci}"
-                f" (S_min = {c.s_min:.4g} steps, E_min = {c.e_min:.4g} samples,"
-                f" {len(c.points)} batch sizes, R² = {c.r2:.3f})."
-            )
-            out.append(
-                "  Below B_crit doubling the batch nearly halves the steps; above it, larger"
-                " batches mostly cost more samples."
+                (
+                    "critical",
+                    [
+                        f"Critical batch size: B_crit = E_min / S_min = {c.b_crit:.3g}{ci}"
+                        f" (S_min = {c.s_min:.4g} steps, E_min = {c.e_min:.4g} samples,"
+                        f" {len(c.points)} batch sizes, R² = {c.r2:.3f}).",
+                        "Below B_crit doubling the batch nearly halves the steps; above it,"
+                        " larger batches mostly cost more samples.",
+                    ],
+                )
             )
         if self.noise is not None:
             per = ", ".join(f"B={k}: {v:.3g}" for k, v in self.noise.per_batch.items())
             out.append(
-                f"Gradient noise scale B_simple (median, last {100 * self.noise.late_fraction:.0f}%"
-                f" of training): {self.noise.overall:.3g} overall ({per})."
+                (
+                    "noise",
+                    [
+                        "Gradient noise scale B_simple (median, last"
+                        f" {100 * self.noise.late_fraction:.0f}% of training):"
+                        f" {self.noise.overall:.3g} overall ({per})."
+                    ],
+                )
             )
         front = "; ".join(
             f"B={c.batch_size}, lr={c.lr:.3g}: {c.train_time_s:.3g} s, {100 * c.test_acc:.2f}%"
             for c in self.pareto
         )
-        out.append(f"Pareto front (training time vs final test accuracy): {front}.")
+        pareto = [f"Pareto front (training time vs final test accuracy): {front}."]
         if self.excluded:
-            out.append(f"  {self.excluded} cell(s) left out: a seed did not COMPLETE.")
-        out.append("Assumptions: " + " ".join(self.assumptions))
+            pareto.append(f"{self.excluded} cell(s) left out: a seed did not COMPLETE.")
+        out.append(("pareto", pareto))
+        out.append(("assumptions", ["Assumptions: " + " ".join(self.assumptions)]))
         return out
+
+    def lines(self) -> list[str]:
+        """The recommendation as plain sentences, one per line (qualifications indented)."""
+        return [
+            line if i == 0 else "  " + line
+            for _, sentences in self.parts()
+            for i, line in enumerate(sentences)
+        ]
 
 
 def _pct(mean: float, std: float) -> str:

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 
+from batchlab.report.recommendation import RecommendationView
+
 CSS = """
 :root { --ink: #1a1a1a; --muted: #5f6368; --line: #e3e3e3; --warn: #b26a00; --bg: #fafafa; }
 * { box-sizing: border-box; }
@@ -34,6 +36,12 @@ nav a { color: #1a5fb4; margin-right: 14px; text-decoration: none; }
 .png a { color: #1a5fb4; }
 .empty { font-size: 17px; color: var(--warn); }
 footer { color: var(--muted); font-size: 12px; margin-top: 30px; }
+.recommendation { border-left: 4px solid #1a5fb4; }
+.recommendation dl { margin: 6px 0 0; }
+.recommendation dt { font-weight: 600; margin-top: 10px; }
+.recommendation dd { margin: 2px 0 0 0; }
+.recommendation dd + dd { color: var(--muted); }
+.recommendation table.meta { margin: 6px 0 0; }
 """
 
 
@@ -56,6 +64,25 @@ def e(s: object) -> str:
     return escape(str(s), quote=True)
 
 
+def recommendation_card(view: RecommendationView) -> str:
+    """The recommendation as a card: a definition list per topic, then the Pareto table."""
+    h2 = f"<h2>{e(view.heading)}</h2>"
+    if view.unavailable:
+        return f'<section class="card recommendation">{h2}<p>{e(view.unavailable)}</p></section>'
+    dl = "".join(
+        f"<dt>{e(title)}</dt>" + "".join(f"<dd>{e(s)}</dd>" for s in sentences)
+        for title, sentences in view.items
+    )
+    table = ""
+    if view.table_rows:
+        head = "".join(f"<th>{e(h)}</th>" for h in view.table_headers)
+        rows = "".join(
+            "<tr>" + "".join(f"<td>{e(v)}</td>" for v in r) + "</tr>" for r in view.table_rows
+        )
+        table = f'<table class="meta pareto"><tr>{head}</tr>{rows}</table>'
+    return f'<section class="card recommendation">{h2}<dl>{dl}</dl>{table}</section>'
+
+
 def page(
     *,
     title: str,
@@ -66,8 +93,11 @@ def page(
     sections: Sequence[Section],
     empty_message: str,
     footer: str,
+    recommendations: Sequence[RecommendationView] = (),
 ) -> str:
-    """Assemble the page; every string that came from data is escaped here."""
+    """Assemble the page; every string that came from data is escaped here.
+
+    The recommendation cards open the page, right under the title."""
     head = "".join(f"<th>{e(h)}</th>" for h in meta_headers)
     rows = "".join("<tr>" + "".join(f"<td>{e(v)}</td>" for v in r) + "</tr>" for r in meta_rows)
     blocks = []
@@ -98,6 +128,7 @@ def page(
 <main>
 <h1>{e(title)}</h1>
 <p class="sub">{e(subtitle)}</p>
+{"".join(recommendation_card(r) for r in recommendations)}
 <table class="meta"><tr>{head}</tr>{rows}</table>
 <section class="card findings"><h2>What this study shows</h2>{"".join(blocks)}</section>
 <nav>{nav}</nav>

@@ -1,0 +1,824 @@
+"""Suggest a batch size and lr before sweeping: a short run, the noise scale, a hardware profile.
+
+`suggest(...)` spends at most `budget_fraction` (default 5%) of the training compute of the full
+sweep it would replace, and returns a `Suggestion`:
+
+1. Reference sweep. The full study the suggestion replaces: by default the `seed-sweep` preset's
+   grid (batch sizes 8..2048 x its lrs x its seeds, its epoch budget) on the user's dataset and
+   training set; or any study spec (`reference=`). Compute is counted in training samples (one
+   forward and backward pass of one example); evaluation passes are counted on neither side.
+2. Hardware profile (`batchlab.profile.profile_hardware`) at the reference's batch sizes up to the
+   training-set size: samples/s per batch size and the largest batch that fits. A fixed number
+   of timed steps per size (about 10% of the budget, 3 to 50 steps after one warm-up), counted
+   against the budget.
+3. A short SGD run at a small batch b (default 32) with the user's lr, measuring the simple noise
+   scale every T/M steps with the probe's unbiased two-batch estimator
+   (`batchlab.probes.noise_scale.estimate_noise`: `draws` batches of b and their average). The
+   run gets what the budget leaves after the profile, less the measurements' own passes (at
+   most a quarter of it: fewer measurements, at least 4, on a small budget), but
+   never more samples than one reference trial (its mean over the sweep): B_simple grows as the
+   loss falls, so it is measured at the stage of training the sweep's trials reach, not later.
+   B_simple = mean tr(Sigma) / mean |G|^2 over the late half of the measurements (numerator and
+   denominator averaged separately, as McCandlish et al. advise); its 95% interval is a
+   bootstrap over those measurements. It has "settled" when the two halves of the late window
+   agree within a factor 1.5 (B_simple grows as the loss falls, so it may not).
+4. Prediction (McCandlish et al. 2018, ../shared/REFERENCE.md): B_crit ~ B_simple (an
+   order-of-magnitude estimate). Steps to a target then go as S(B) = S_min (1 + B_crit / B), so
+   wall-clock time to the target goes as (B + B_crit) / throughput(B). The suggested batch size
+   is the profiled size (at most the largest that fits and the training set) with the least
+   predicted time; sizes within 5% of it count as tied and the smallest of those is taken (fewer
+   samples: E(B) = E_min (1 + B / B_crit)).
+5. Learning rate, from the lr `lr` at the small batch b. Suggested: McCandlish's optimal-lr rule
+   eta(B) = eta_max / (1 + B_noise / B) with B_noise ~ B_simple, eta_max fixed by eta(b) = lr;
+   linear scaling well below B_simple, saturating above it. Range: from the sqrt rule
+   lr * sqrt(B / b) (conservative) to that value (the ends swap when B < b).
+6. `verify=True`: short trials (equal samples each; together at most another `budget_fraction`)
+   at the suggested size and its power-of-two neighbours, 2 seeds each, with lrs from the rule;
+   the suggestion holds when its mean final validation accuracy is within the seed spread
+   (larger sample std of the two cells) of the best one's.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from batchlab import presets
+from batchlab.data import Dataset, load_dataset
+from batchlab.engine import make_optimizer, resolve_device
+from batchlab.errors import BatchlabError, SpecError
+from batchlab.models import build_model
+from batchlab.probes import probe_generator
+from batchlab.probes.noise_scale import estimate_noise
+from batchlab.profile import HardwareProfile, profile_hardware
+from batchlab.spec import StudySpec, TrialSpec, load_spec, spec_from_dict
+from batchlab.trial import TrialState
+
+DEFAULT_REFERENCE = "seed-sweep"  # the preset whose grid defines the default reference sweep
+TIE = 0.05  # predicted times within 5% of the least count as tied
+SETTLED_FACTOR = 1.5
+PROFILE_SHARE = 0.1  # of the budget, for the hardware profile's timed steps
+MEASURE_SHARE = 0.25  # of what the profile leaves, at most, for noise measurements
+
+
+class SuggestError(BatchlabError):
+    """A suggestion cannot be made from these inputs (one line, says what to change)."""
+
+
+# ---- the reference sweep ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReferenceSweep:
+    """The full sweep a suggestion replaces, and the training samples it would process."""
+
+    source: str
+    batch_sizes: tuple[int, ...]
+    lrs: int
+    seeds: int
+    trials: int
+    budget: str  # e.g. "25 epochs"
+    n_train: int
+    samples: float
+    samples_by_batch: dict[int, float] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        return (
+            f"{self.source}: batch sizes {', '.join(map(str, self.batch_sizes))} x {self.lrs}"
+            f" lr(s) x {self.seeds} seed(s) = {self.trials} trials of {self.budget} on"
+            f" {self.n_train} training examples = {self.samples:,.0f} training samples"
+        )
+
+
+def trial_samples(trial: TrialSpec, n_train: int) -> float:
+    """Training samples one trial processes under its budget (no wall-clock budgets)."""
+    budget = trial.budget
+    if budget.epochs is not None:
+        return float(budget.epochs * n_train)
+    if budget.samples is not None:
+        return float(budget.samples)
+    if budget.steps is not None:
+        return float(budget.steps * min(trial.batch_size, n_train))
+    raise SuggestError(
+        "reference sweep: a seconds budget has no fixed compute; give the reference an"
+        " epochs, steps or samples budget"
+    )
+
+
+def reference_sweep(spec: StudySpec, n_train: int, *, source: str) -> ReferenceSweep:
+    """Count the reference study's trials and training samples on `n_train` examples."""
+    trials = spec.trials(n_train=n_train)
+    by_batch: dict[int, float] = {}
+    for t in trials:
+        by_batch[t.batch_size] = by_batch.get(t.batch_size, 0.0) + trial_samples(t, n_train)
+    return ReferenceSweep(
+        source=source,
+        batch_sizes=tuple(sorted({t.batch_size for t in trials})),
+        lrs=len(spec.lrs),
+        seeds=len(spec.seeds),
+        trials=len(trials),
+        budget=f"{spec.budget.value:g} {spec.budget.kind}",
+        n_train=n_train,
+        samples=math.fsum(by_batch.values()),
+        samples_by_batch=by_batch,
+    )
+
+
+def load_reference(path: Path | None) -> tuple[StudySpec, str]:
+    """The reference study spec: a TOML file, or the seed-sweep preset as written."""
+    if path is None:
+        return load_spec(base=presets.get(DEFAULT_REFERENCE).data), f"{DEFAULT_REFERENCE} preset"
+    return load_spec(path), str(path)
+
+
+# ---- measuring the noise scale ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class NoiseMeasurement:
+    """One two-batch measurement during the short run (unbiased, noisy estimates)."""
+
+    step: int
+    samples: int  # training samples seen before it
+    train_loss: float  # mean training loss over the steps since the previous measurement
+    trace: float  # tr(Sigma)
+    g2: float  # |G|^2
+
+    @property
+    def b_simple(self) -> float:
+        return self.trace / self.g2 if self.g2 > 0 else math.nan
+
+
+@dataclass(frozen=True, kw_only=True)
+class BSimple:
+    """B_simple over the late window: ratio of means, a bootstrap interval, and settling."""
+
+    value: float
+    ci_lo: float
+    ci_hi: float
+    measurements: int
+    from_step: int
+    early: float  # first half of the late window (ratio of its means)...
+    late: float  # ...and the second half
+    settled: bool
+
+
+def b_simple(
+    measurements: Sequence[NoiseMeasurement],
+    *,
+    late_fraction: float = 0.5,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> BSimple:
+    """B_simple = mean trace / mean |G|^2 over measurements at step >= (1 - late) * last step."""
+    if not measurements:
+        raise SuggestError("noise scale: no measurement was made; raise --budget-fraction")
+    last = max(m.step for m in measurements)
+    late = [m for m in measurements if m.step >= (1.0 - late_fraction) * last]
+    tr = np.array([m.trace for m in late])
+    g2 = np.array([m.g2 for m in late])
+    if not g2.mean() > 0:
+        raise SuggestError(
+            "noise scale: the averaged |G|^2 estimate is not positive (the gradient is lost in"
+            " its noise); raise --draws or --budget-fraction"
+        )
+    value = float(tr.mean() / g2.mean())
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(late), len(late))
+        if g2[i].mean() > 0:
+            draws.append(tr[i].mean() / g2[i].mean())
+    lo, hi = np.percentile(draws, [2.5, 97.5]) if draws else (math.nan, math.nan)
+    half = max(1, len(late) // 2)
+
+    def ratio(ms: Sequence[NoiseMeasurement]) -> float:
+        den = math.fsum(m.g2 for m in ms)
+        return math.fsum(m.trace for m in ms) / den if den > 0 else math.nan
+
+    early_v, late_v = ratio(late[:half]), ratio(late[half:] or late[-1:])
+    settled = (
+        early_v > 0 and late_v > 0 and abs(math.log(late_v / early_v)) <= math.log(SETTLED_FACTOR)
+    )
+    return BSimple(
+        value=value,
+        ci_lo=float(lo),
+        ci_hi=float(hi),
+        measurements=len(late),
+        from_step=min(m.step for m in late),
+        early=early_v,
+        late=late_v,
+        settled=bool(settled),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShortRun:
+    """The short run at the small batch: what it did and cost."""
+
+    batch_size: int
+    lr: float
+    momentum: float
+    steps: int
+    planned_steps: int
+    train_samples: int
+    noise_samples: int  # passes spent measuring (draws x batch per measurement)
+    seconds: float
+    stopped_by_time: bool
+    first_loss: float
+    last_loss: float
+    measurements: tuple[NoiseMeasurement, ...]
+
+
+def measurement_steps(total_steps: int, measurements: int) -> list[int]:
+    """Evenly spaced steps ending at `total_steps` (at least step 1, no repeats)."""
+    return sorted(
+        {max(1, round((i + 1) * total_steps / measurements)) for i in range(measurements)}
+    )
+
+
+def short_run(
+    data: Dataset,
+    *,
+    model: str,
+    model_args: dict[str, Any],
+    batch_size: int,
+    lr: float,
+    momentum: float,
+    steps: int,
+    measurements: int,
+    draws: int,
+    seed: int,
+    device: torch.device,
+    max_seconds: float,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+) -> ShortRun:
+    """SGD for `steps` steps (shuffled epochs, as the engine trains), measuring the noise scale at
+    evenly spaced steps; stops early once `max_seconds` of wall time have passed."""
+    spec = StudySpec(name="suggest", optimizer="sgd", momentum=momentum)
+    net = build_model(
+        model, model_args, input_shape=data.input_shape, num_classes=data.num_classes, seed=seed
+    ).to(device)
+    opt = make_optimizer(spec, net.parameters(), lr)
+    x, y = data.x_train.to(device), data.y_train.to(device)
+    n = x.shape[0]
+    shuffle = torch.Generator().manual_seed(seed)
+    probe_gen = probe_generator(seed)
+    when = set(measurement_steps(steps, measurements))
+    out: list[NoiseMeasurement] = []
+    step = samples = noise_samples = 0
+    loss_sum, loss_n = 0.0, 0
+    first_loss = math.nan
+    t0 = time.perf_counter()
+    stopped = False
+    net.train()
+    while step < steps and not stopped:
+        perm = torch.randperm(n, generator=shuffle).to(device)
+        for i in range(0, n, batch_size):
+            idx = perm[i : i + batch_size]
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(net(x[idx]), y[idx])
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            value = float(loss.detach())  # deliberate sync: the short run watches its loss
+            if not math.isfinite(value):
+                raise SuggestError(
+                    f"suggest: the short run diverged at step {step + 1} with lr {lr:g} at batch"
+                    f" {batch_size}; lower --lr"
+                )
+            first_loss = value if step == 0 else first_loss
+            loss_sum, loss_n = loss_sum + value, loss_n + 1
+            step += 1
+            samples += int(idx.shape[0])
+            over = time.perf_counter() - t0 >= max_seconds
+            if step in when or (over and loss_n):
+                est = estimate_noise(
+                    net, loss_fn, x, y, small_batch=batch_size, draws=draws, generator=probe_gen
+                )
+                noise_samples += batch_size * draws
+                out.append(
+                    NoiseMeasurement(
+                        step=step,
+                        samples=samples,
+                        train_loss=loss_sum / loss_n,
+                        trace=est.trace_total,
+                        g2=est.g2_total,
+                    )
+                )
+                loss_sum, loss_n = 0.0, 0
+            if over:
+                stopped = step < steps
+                break
+            if step >= steps:
+                break
+    return ShortRun(
+        batch_size=batch_size,
+        lr=lr,
+        momentum=momentum,
+        steps=step,
+        planned_steps=steps,
+        train_samples=samples,
+        noise_samples=noise_samples,
+        seconds=time.perf_counter() - t0,
+        stopped_by_time=stopped,
+        first_loss=first_loss,
+        last_loss=out[-1].train_loss if out else math.nan,
+        measurements=tuple(out),
+    )
+
+
+# ---- prediction ---------------------------------------------------------------------------------
+
+
+def lr_at(batch_size: float, *, lr: float, small_batch: int, b_noise: float) -> float:
+    """McCandlish's eta(B) = eta_max / (1 + B_noise / B), with eta(small_batch) = lr."""
+    eta_max = lr * (1.0 + b_noise / small_batch)
+    return eta_max / (1.0 + b_noise / batch_size)
+
+
+def lr_range(
+    batch_size: float, *, lr: float, small_batch: int, b_noise: float
+) -> tuple[float, float]:
+    """From the sqrt rule lr * sqrt(B / b) to McCandlish's rule, lower end first."""
+    a = lr * math.sqrt(batch_size / small_batch)
+    b = lr_at(batch_size, lr=lr, small_batch=small_batch, b_noise=b_noise)
+    return min(a, b), max(a, b)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Candidate:
+    """One batch size: measured throughput and the predicted cost of reaching a target."""
+
+    batch_size: int
+    samples_per_s: float
+    steps_factor: float  # S(B) / S_min = 1 + B_crit / B
+    samples_factor: float  # E(B) / E_min = 1 + B / B_crit
+    relative_time: float  # predicted time to target / the least over candidates
+    lr: float
+    lr_lo: float
+    lr_hi: float
+
+
+def rank_batch_sizes(
+    throughput: Sequence[tuple[int, float]],
+    b_crit: float,
+    *,
+    lr: float,
+    small_batch: int,
+) -> tuple[list[Candidate], int]:
+    """Candidates in batch-size order and the suggested size (rules in the module docstring)."""
+    if not throughput:
+        raise SuggestError("suggest: no batch size to choose from (none fits in memory)")
+    if not b_crit > 0:
+        raise SuggestError(f"suggest: B_crit must be positive, got {b_crit:g}")
+    cost = {b: (b + b_crit) / rate for b, rate in throughput}
+    least = min(cost.values())
+    cands = []
+    for b, rate in sorted(throughput):
+        lo, hi = lr_range(b, lr=lr, small_batch=small_batch, b_noise=b_crit)
+        cands.append(
+            Candidate(
+                batch_size=b,
+                samples_per_s=rate,
+                steps_factor=1.0 + b_crit / b,
+                samples_factor=1.0 + b / b_crit,
+                relative_time=cost[b] / least,
+                lr=lr_at(b, lr=lr, small_batch=small_batch, b_noise=b_crit),
+                lr_lo=lo,
+                lr_hi=hi,
+            )
+        )
+    best = min(c.batch_size for c in cands if c.relative_time <= 1.0 + TIE)
+    return cands, best
+
+
+# ---- verification -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifyRow:
+    batch_size: int
+    lr: float
+    seeds: int
+    val_acc: float
+    val_acc_std: float
+    test_acc: float
+    train_time_s: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Verification:
+    study: str
+    store: str
+    samples_per_trial: int
+    samples: float
+    rows: tuple[VerifyRow, ...]
+    best_batch_size: int
+    suggested_batch_size: int
+    gap: float  # best mean val acc - suggested's
+    spread: float  # larger sample std of the two cells
+    within_spread: bool | None  # None when the spread is unknown (a seed did not finish)
+
+    def verdict(self) -> str:
+        if self.best_batch_size == self.suggested_batch_size:
+            return f"the suggested batch size {self.suggested_batch_size} was the best"
+        if self.gap <= 0:
+            return f"the suggested batch size ties the best (B={self.best_batch_size})"
+        gap = f"{100 * self.gap:.2f} points below the best (B={self.best_batch_size})"
+        if self.within_spread is None:
+            return f"the suggested batch size is {gap}; the seed spread is unknown"
+        spread = f"{100 * self.spread:.2f}"
+        if self.within_spread:
+            return f"the suggested batch size is {gap}, within the seed spread ({spread} points)"
+        return f"the suggested batch size is {gap}, more than the seed spread ({spread} points)"
+
+
+def verify_neighbours(
+    *,
+    base: dict[str, Any],
+    sizes: Sequence[int],
+    lrs: dict[int, float],
+    suggested: int,
+    samples_per_trial: int,
+    store: Path,
+    name: str,
+    data_dir: Path | None,
+    n_train: int,
+) -> Verification:
+    """Short trials (2 seeds, equal samples) at `sizes`, each at its lr; see the module docs."""
+    from batchlab.study import run_study  # the study layer sits above this module
+
+    variants = [
+        {"label": f"B={b}", "batch_sizes": [b], "lrs": [float(f"{lrs[b]:.6g}")]} for b in sizes
+    ]
+    data = {
+        **base,
+        "name": name,
+        "description": "batchlab suggest --verify: the suggested batch size and its neighbours",
+        "batch_sizes": [sizes[0]],
+        "lrs": [1.0],
+        "seeds": [0, 1],
+        "budget": {"samples": samples_per_trial},
+        "variants": variants,
+        "save_weights": False,
+    }
+    spec = spec_from_dict(data, source="suggest --verify")
+    study = run_study(spec, store=store, data_dir=data_dir)
+    ids = {t.trial_id for t in spec.trials(n_train=n_train)}
+    trials = [t for t in study.trials if t.trial_id in ids]  # a rerun may hold older trials
+    rows = []
+    for b in sizes:
+        done = [t for t in trials if t.batch_size == b and t.state is TrialState.COMPLETE]
+        vals = [t.last.val_acc for t in done if t.last is not None]
+        rows.append(
+            VerifyRow(
+                batch_size=b,
+                lr=lrs[b],
+                seeds=len(done),
+                val_acc=statistics.fmean(vals) if vals else math.nan,
+                val_acc_std=statistics.stdev(vals) if len(vals) > 1 else math.nan,
+                test_acc=statistics.fmean(t.last.test_acc for t in done if t.last is not None)
+                if done
+                else math.nan,
+                train_time_s=statistics.fmean(t.last.train_time_s for t in done if t.last)
+                if done
+                else math.nan,
+            )
+        )
+    scored = [r for r in rows if math.isfinite(r.val_acc)]
+    if not scored:
+        raise SuggestError("suggest --verify: no verification trial completed; lower --lr")
+    best = max(scored, key=lambda r: (r.val_acc, -r.batch_size))
+    mine_row = next(r for r in rows if r.batch_size == suggested)
+    gap = best.val_acc - mine_row.val_acc if math.isfinite(mine_row.val_acc) else math.inf
+    spread = max(best.val_acc_std, mine_row.val_acc_std)
+    within = None if math.isnan(spread) else gap <= spread
+    if best.batch_size == suggested:
+        within = True
+    return Verification(
+        study=name,
+        store=str(store),
+        samples_per_trial=samples_per_trial,
+        samples=float(samples_per_trial * len(trials)),
+        rows=tuple(rows),
+        best_batch_size=best.batch_size,
+        suggested_batch_size=suggested,
+        gap=gap,
+        spread=spread,
+        within_spread=within,
+    )
+
+
+# ---- the suggestion -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Compute:
+    """Training samples spent, against the reference sweep."""
+
+    reference_samples: float
+    budget_fraction: float
+    profile_samples: int
+    train_samples: int
+    noise_samples: int
+    verify_samples: float
+    seconds: float
+
+    @property
+    def samples(self) -> float:
+        return float(self.profile_samples + self.train_samples + self.noise_samples)
+
+    @property
+    def fraction(self) -> float:
+        """Fraction of the reference sweep used by the suggestion (without --verify)."""
+        return self.samples / self.reference_samples
+
+    @property
+    def fraction_with_verify(self) -> float:
+        return (self.samples + self.verify_samples) / self.reference_samples
+
+
+@dataclass(frozen=True, kw_only=True)
+class Suggestion:
+    dataset: str
+    model: str
+    n_train: int
+    reference: ReferenceSweep
+    run: ShortRun
+    noise: BSimple
+    b_crit: float  # predicted: B_simple
+    profile: HardwareProfile
+    candidates: tuple[Candidate, ...]
+    batch_size: int
+    lr: float
+    lr_lo: float
+    lr_hi: float
+    compute: Compute
+    reference_seconds: float  # the reference sweep's training time predicted from the profile
+    verification: Verification | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["run"]["measurements"] = [
+            {**asdict(m), "b_simple": m.b_simple} for m in self.run.measurements
+        ]
+        d["compute"].update(
+            samples=self.compute.samples,
+            fraction=self.compute.fraction,
+            fraction_with_verify=self.compute.fraction_with_verify,
+        )
+        d["reference"]["description"] = self.reference.describe()
+        d["lines"] = self.lines()
+        return d
+
+    def lines(self) -> list[str]:
+        c, n, r = self.compute, self.noise, self.run
+        settle = (
+            "settled"
+            if n.settled
+            else f"still moving: {n.early:.3g} then {n.late:.3g} over the late window"
+        )
+        out = [
+            f"Suggested batch size: {self.batch_size}, lr {self.lr:.3g}"
+            f" (range {self.lr_lo:.3g} .. {self.lr_hi:.3g}).",
+            f"Predicted critical batch size B_crit ~ B_simple = {self.b_crit:.3g}"
+            f" (95% CI over measurements {n.ci_lo:.3g} .. {n.ci_hi:.3g}; {settle}).",
+            f"  Measured at batch {r.batch_size}, lr {r.lr:g}: {r.steps} steps"
+            f" ({r.train_samples / self.n_train:.2g} epochs), training loss {r.first_loss:.3g}"
+            f" -> {r.last_loss:.3g}; {n.measurements} late measurements from step"
+            f" {n.from_step}.",
+            "  Rule: time to a target ~ (B + B_crit) / throughput(B); the smallest size within"
+            f" {TIE:.0%} of the least predicted time. Sizes up to"
+            f" {max(x.batch_size for x in self.candidates)} (fits in memory and the training"
+            " set).",
+            "  lr: McCandlish's eta(B) = eta_max / (1 + B_crit / B) through"
+            f" eta({r.batch_size}) = {r.lr:g}; range from the sqrt rule to it.",
+            f"Compute: {c.samples:,.0f} training samples = {100 * c.fraction:.2f}% of the"
+            f" reference sweep (budget {100 * c.budget_fraction:g}%), {c.seconds:.0f} s;"
+            f" the sweep itself: about {_duration(self.reference_seconds)} of training here.",
+            f"  Reference: {self.reference.describe()}.",
+        ]
+        if r.stopped_by_time:
+            out.append(f"  The short run hit the time limit after {r.steps} of {r.planned_steps}.")
+        if self.verification is not None:
+            v = self.verification
+            out.append(
+                f"Verify ({v.study} in {v.store}, {v.samples_per_trial:,} samples per trial,"
+                f" {100 * v.samples / c.reference_samples:.2f}% of the reference): {v.verdict()}."
+            )
+        out.extend(self.notes)
+        return out
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def _pow2_neighbours(b: int) -> list[int]:
+    return [max(1, b // 2), b, 2 * b]
+
+
+def suggest(
+    *,
+    model: str = "mlp",
+    dataset: str,
+    model_args: dict[str, Any] | None = None,
+    dataset_args: dict[str, Any] | None = None,
+    train_subset: int | None = None,
+    val_fraction: float = 0.1,
+    data_dir: Path | None = None,
+    lr: float = 0.05,
+    batch_size: int = 32,
+    momentum: float = 0.0,
+    reference: StudySpec | None = None,
+    reference_source: str = "",
+    budget_fraction: float = 0.05,
+    max_seconds: float = 300.0,
+    draws: int = 16,
+    measurements: int = 40,
+    device: str = "cpu",
+    seed: int = 0,
+    verify: bool = False,
+    store: Path | None = None,
+    verify_name: str | None = None,
+) -> Suggestion:
+    """Suggest a batch size and lr range; every rule is in the module docstring."""
+    if not 0 < budget_fraction <= 1:
+        raise SpecError(f"--budget-fraction {budget_fraction}: need 0 < fraction <= 1")
+    if lr <= 0 or batch_size <= 0 or not 0 <= momentum < 1:
+        raise SpecError("--lr and --batch-size must be > 0 and --momentum in [0, 1)")
+    if draws < 2 or measurements < 2:
+        raise SpecError("--draws and --measurements must be at least 2")
+    if verify and not val_fraction > 0:
+        raise SpecError("--verify compares validation accuracy: need a validation fraction > 0")
+    t0 = time.perf_counter()
+    args = dict(model_args or {})
+    data = load_dataset(
+        dataset,
+        args=dataset_args or {},
+        data_dir=data_dir,
+        val_fraction=val_fraction,
+        train_subset=train_subset,
+    )
+    n = data.n_train
+    if batch_size > n:
+        raise SpecError(f"--batch-size {batch_size}: more than the {n} training examples")
+    if reference is None:
+        reference, reference_source = load_reference(None)
+    ref = reference_sweep(reference, n, source=reference_source or reference.name)
+    dev = resolve_device(device)
+    allowed = budget_fraction * ref.samples
+
+    sizes = sorted({b for b in ref.batch_sizes if b <= n} | {batch_size})
+    # A fixed number of timed steps per size (no minimum time), so the profile's compute is
+    # known in advance: about PROFILE_SHARE of the budget, 3 to 50 steps after one warm-up.
+    timed = min(50, max(3, int(PROFILE_SHARE * allowed / sum(sizes)) - 1))
+    prof = profile_hardware(
+        model=model,
+        dataset=dataset,
+        model_args=args,
+        dataset_args=dataset_args or {},
+        device=device,
+        batch_sizes=sizes,
+        warmup=1,
+        min_steps=timed,
+        min_time_s=0.0,
+        matmul_n=1024,
+        seed=seed,
+    )
+    profile_samples = sum(r.batch_size * (1 + r.steps_timed) for r in prof.rows)
+    left = allowed - profile_samples
+    per_measure = draws * batch_size
+    # On a small budget the measurements take at most a quarter of it (but at least 4 of them).
+    affordable = int(MEASURE_SHARE * left // per_measure)
+    measurements = max(min(measurements, 4), min(measurements, affordable))
+    steps = int((left - measurements * per_measure) // batch_size)
+    if steps < 2 * measurements:
+        raise SuggestError(
+            f"suggest: {100 * budget_fraction:g}% of the reference sweep"
+            f" ({allowed:,.0f} samples) leaves {max(0, steps)} training steps after the profile;"
+            " raise --budget-fraction or use a larger reference sweep"
+        )
+    one_trial = int(ref.samples / ref.trials) // batch_size  # steps of one reference trial
+    capped = one_trial < steps
+    if capped:
+        steps = max(one_trial, 4)
+        measurements = min(measurements, steps // 2)
+    run = short_run(
+        data,
+        model=model,
+        model_args=args,
+        batch_size=batch_size,
+        lr=lr,
+        momentum=momentum,
+        steps=steps,
+        measurements=measurements,
+        draws=draws,
+        seed=seed,
+        device=dev,
+        max_seconds=max_seconds,
+    )
+    noise = b_simple(run.measurements, seed=seed)
+    b_crit = noise.value
+    if not b_crit > 0:
+        raise SuggestError(
+            f"suggest: B_simple came out {b_crit:.3g} (not positive); raise --draws or"
+            " --budget-fraction"
+        )
+    limit = min(prof.max_batch_size, n)
+    rates = [(r.batch_size, r.samples_per_s) for r in prof.rows if r.batch_size <= limit]
+    cands, best = rank_batch_sizes(rates, b_crit, lr=lr, small_batch=batch_size)
+    chosen = next(c for c in cands if c.batch_size == best)
+    rate = {r.batch_size: r.samples_per_s for r in prof.rows}
+    ref_seconds = math.fsum(e / rate[b] for b, e in ref.samples_by_batch.items() if b in rate)
+    notes = []
+    if capped:
+        notes.append(
+            f"  The short run stopped at one reference trial's samples ({one_trial} steps), below"
+            " the budget: B_simple is measured where the sweep's trials end."
+        )
+    if best == max(c.batch_size for c in cands):
+        notes.append(
+            "  The suggestion is the largest size considered: larger batches may be as good."
+        )
+    if not noise.settled and noise.late > noise.early:
+        notes.append(
+            "  B_simple was still rising (it grows as the loss falls): the prediction is likely"
+            " low for targets near the best accuracy."
+        )
+    elif not noise.settled:
+        notes.append(
+            "  B_simple moved by more than a factor 1.5 within the late window (measurement"
+            " noise, or training not settled): take it as an order of magnitude."
+        )
+    compute = Compute(
+        reference_samples=ref.samples,
+        budget_fraction=budget_fraction,
+        profile_samples=profile_samples,
+        train_samples=run.train_samples,
+        noise_samples=run.noise_samples,
+        verify_samples=0.0,
+        seconds=time.perf_counter() - t0,
+    )
+    verification = None
+    if verify:
+        sizes = [b for b in _pow2_neighbours(best) if b <= n]
+        lrs = {b: lr_at(b, lr=lr, small_batch=batch_size, b_noise=b_crit) for b in sizes}
+        per_trial = max(1, int(allowed // (2 * len(sizes))))
+        base = {
+            "dataset": dataset,
+            "dataset_args": dataset_args or {},
+            "train_subset": train_subset,
+            "val_fraction": val_fraction,
+            "model": model,
+            "model_args": args,
+            "optimizer": "sgd",
+            "momentum": momentum,
+            "device": device,
+            "eval_every": 1,
+        }
+        name = verify_name or "suggest-verify-" + re.sub(r"[^A-Za-z0-9_.-]", "_", dataset)
+        verification = verify_neighbours(
+            base={k: v for k, v in base.items() if v is not None},
+            sizes=sizes,
+            lrs=lrs,
+            suggested=best,
+            samples_per_trial=per_trial,
+            store=store or Path("batchlab.db"),
+            name=name,
+            data_dir=data_dir,
+            n_train=n,
+        )
+        compute = Compute(
+            **{**asdict(compute), "verify_samples": verification.samples},
+        )
+    return Suggestion(
+        dataset=dataset,
+        model=model,
+        n_train=n,
+        reference=ref,
+        run=run,
+        noise=noise,
+        b_crit=b_crit,
+        profile=prof,
+        candidates=tuple(cands),
+        batch_size=best,
+        lr=chosen.lr,
+        lr_lo=chosen.lr_lo,
+        lr_hi=chosen.lr_hi,
+        compute=compute,
+        reference_seconds=ref_seconds,
+        verification=verification,
+        notes=tuple(notes),
+    )
