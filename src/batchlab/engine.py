@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from batchlab.data import Dataset
+from batchlab.fastpath import MLPStep
 from batchlab.lr import warmup_lr
 from batchlab.models import build_model
 from batchlab.probes import ProbeContext, ProbeRecord, ProbeSuite, probe_generator
@@ -281,6 +282,14 @@ def train_trial(
     )
     if suite is not None:
         suite.start(probe_ctx)
+    # The built-in MLP with SGD takes a hand-written step (batchlab.fastpath): the same math in
+    # half the kernels, without gradient tensors. Probes read gradients, and accumulation sums
+    # them, so those trials keep autograd.
+    fused_step = (
+        MLPStep(model, optimizer)  # type: ignore[arg-type]  # supports() checks it is an MLP
+        if suite is None and spec.accumulate == 1 and MLPStep.supports(model, optimizer)
+        else None
+    )
 
     step = samples = eval_idx = 0
     train_time = 0.0
@@ -387,15 +396,20 @@ def train_trial(
             idx = perm[i : i + B]
             xb, yb = x[idx], y[idx]
             bs = idx.shape[0]
-            optimizer.zero_grad(set_to_none=True)
             due = suite is not None and suite.due(step + 1)
-            if spec.accumulate == 1:
+            if fused_step is not None:
+                loss, n_correct = fused_step(xb, yb)
+                loss_sum += loss * bs
+                correct += n_correct
+            elif spec.accumulate == 1:
+                optimizer.zero_grad(set_to_none=True)
                 out = model(xb)
                 loss = F.cross_entropy(out, yb)
                 loss.backward()  # type: ignore[no-untyped-call]
                 loss_sum += loss.detach() * bs
                 correct += (out.argmax(dim=1) == yb).sum()
             else:
+                optimizer.zero_grad(set_to_none=True)
                 # Each micro-batch's mean loss is weighted by its share of the batch, so the
                 # summed gradient is the full batch's mean gradient (also for a partial batch).
                 for xm, ym in zip(torch.split(xb, micro), torch.split(yb, micro), strict=True):
@@ -406,16 +420,22 @@ def train_trial(
                     correct += (out.argmax(dim=1) == ym).sum()
             if due:
                 assert suite is not None
+                _sync(device)  # probe time is excluded from training time: clock after the device
                 t_probe = time.perf_counter()
                 suite.after_backward(probe_ctx.at(step + 1))
-            if fast_sgd:
+                _sync(device)
+                probe_time += time.perf_counter() - t_probe
+            if fused_step is None and fast_sgd:  # (a fused step has updated the weights)
                 sgd_step(optimizer, params)
-            else:
+            elif fused_step is None:
                 optimizer.step()
             step += 1
             if due:
                 assert suite is not None
+                _sync(device)
+                t_probe = time.perf_counter()
                 suite.after_update(probe_ctx.at(step))
+                _sync(device)
                 probe_time += time.perf_counter() - t_probe  # excluded from training time
             seen += bs
             samples += bs

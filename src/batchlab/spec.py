@@ -322,6 +322,18 @@ class StudySpec(_Frozen):
         return v
 
     @model_validator(mode="after")
+    def _probes_exist(self) -> StudySpec:
+        # Build the probes once here (constructors only store their options), so an unknown
+        # probe or option is refused before anything runs, not inside every trial.
+        from batchlab.probes import ProbeSuite
+
+        try:
+            ProbeSuite.from_spec(self.probes, total_steps=None, options=self.probe_args)
+        except ValueError as err:
+            raise ValueError(f"probes: {err}") from None
+        return self
+
+    @model_validator(mode="after")
     def _combinations(self) -> StudySpec:
         bad = [b for b in self.batch_sizes if b % self.accumulate]
         if bad:
@@ -511,6 +523,9 @@ def _explain(err: ValidationError, source: str) -> SpecError:
     msg = e["msg"].removeprefix("Value error, ")
     if e["type"] == "missing":
         return SpecError(f"{source}: '{where}' is required; add {where} = ... to the spec")
+    field, _, rest = msg.partition(": ")
+    if not loc and field in StudySpec.model_fields and rest:  # a check across fields names one
+        where, msg = field, rest
     return SpecError(f"{source}: field '{where}': {msg}")
 
 
