@@ -16,7 +16,12 @@ Data = tuple[torch.Tensor, torch.Tensor]
 ModelFactory = Callable[..., nn.Module]
 
 
-def full_hessian_spectrum(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def full_hessian_spectrum(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+) -> torch.Tensor:
     """Eigenvalues of the exact Hessian (torch.autograd.functional.hessian), float64, ascending."""
     names = [n for n, _ in model.named_parameters()]
     shapes = [p.shape for _, p in model.named_parameters()]
@@ -27,7 +32,7 @@ def full_hessian_spectrum(model: nn.Module, x: torch.Tensor, y: torch.Tensor) ->
         params = {
             n: c.view(s) for n, c, s in zip(names, torch.split(w, sizes), shapes, strict=True)
         }
-        out: torch.Tensor = F.cross_entropy(functional_call(model, params, (x,)), y)
+        out: torch.Tensor = loss_fn(functional_call(model, params, (x,)), y)
         return out
 
     hess = torch.autograd.functional.hessian(loss, flat)  # type: ignore[no-untyped-call]
@@ -48,6 +53,28 @@ def test_top_eigenvalue_matches_eigvalsh(toy_data: Data, make_mlp: ModelFactory)
     assert lam == pytest.approx(dominant, rel=1e-6)
     assert dominant == pytest.approx(float(eig[-1]))  # at this point the dominant one is the top
     assert 1 < iters < 1000
+
+
+def test_top_eigenvalue_when_a_negative_one_dominates(
+    toy_data: Data, make_mlp: ModelFactory
+) -> None:
+    """The top eigenvalue, not the dominant one: with loss -CE the most negative eigenvalue has
+    the largest magnitude, and the shifted second run must still find the largest one."""
+    x, y = toy_data
+    x = x.double()
+    model = make_mlp(seed=0, dtype=torch.float64)
+
+    def neg_ce(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return -F.cross_entropy(out, target)
+
+    eig = full_hessian_spectrum(model, x, y, neg_ce)
+    assert float(eig[0]) < 0 and abs(float(eig[0])) > abs(float(eig[-1]))  # negative dominates
+    assert float(eig[-1]) > 0.1  # and the top one is clearly positive: a real saddle
+    lam, iters = hessian_top_eigenvalue(
+        model, neg_ce, x, y, generator=probe_generator(0), max_iters=5000, tol=1e-12
+    )
+    assert lam == pytest.approx(float(eig[-1]), rel=1e-6)
+    assert iters > 2
 
 
 def test_probe_uses_a_fixed_subset_and_leaves_model_alone(

@@ -141,3 +141,9 @@ def test_probe_records(toy_data: Data, make_mlp: ModelFactory) -> None:
     assert value["B=2/under"] == probe.last.under[2]
     assert "B=2/variance/layer:0.weight" in value
     assert all(r.step == 4 and r.probe == "grad_histograms" for r in records)
+
+
+def test_defaults_are_many_draws_over_shared_bins() -> None:
+    probe = GradHistograms(schedule=Every(1))
+    assert probe.draws == 1000 and probe.bins == 101
+    assert probe.batch_sizes == (8, 32, 128, 512)

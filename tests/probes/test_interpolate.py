@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import pytest
@@ -66,3 +67,17 @@ def test_endpoints_are_the_two_models_with_batchnorm(
         with torch.no_grad():
             assert loss == pytest.approx(float(F.cross_entropy(ref_model(x), y)), rel=1e-6)
     assert probe_model.training
+
+
+def test_default_alphas_span_minus_one_to_two(toy_data: Data) -> None:
+    """31 evenly spaced points on [-1, 2], both endpoints and both models (0 and 1) included."""
+    x, y = toy_data
+    model = nn.Linear(4, 3).double()
+    a = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    b = {k: torch.zeros_like(v) for k, v in a.items()}
+    out = interpolate(model, a, b, x.double(), y)
+    alphas = [alpha for alpha, _, _ in out]
+    assert alphas == pytest.approx([-1.0 + 0.1 * i for i in range(31)], abs=1e-12)
+    assert 0.0 in alphas and 1.0 in alphas
+    # alpha = 0 is w_b = 0: uniform logits, loss log(3) exactly
+    assert dict((al, loss) for al, loss, _ in out)[0.0] == pytest.approx(math.log(3), rel=1e-12)

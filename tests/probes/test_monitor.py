@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,7 @@ ModelFactory = Callable[..., nn.Module]
 
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "monitor_example.py"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "probes.md"
 
 
 def _user_loop(
@@ -128,3 +130,31 @@ def test_example_runs_and_reports_values() -> None:
     assert totals[totals["probe"] == "distance"]["step"].max() == 60
     assert (totals[totals["probe"] == "grad_norms"]["value"] > 0).all()
     assert totals[totals["probe"] == "noise_scale"]["value"].notna().any()
+
+
+def test_docs_monitor_example_runs_as_written() -> None:
+    """The python block under docs/probes.md's Monitor heading, executed as written."""
+    section = DOCS.read_text(encoding="utf-8").split("## Monitor: probes in your own loop")[1]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    torch.manual_seed(0)
+    namespace: dict[str, object] = {}
+    exec(compile(code, str(DOCS), "exec"), namespace)
+    df = namespace["df"]
+    assert isinstance(df, pd.DataFrame)
+    assert set(df["probe"]) == {"noise_scale", "grad_norms"}
+    steps = sorted(set(df["step"]))
+    assert steps[0] >= 1 and steps[-1] == 32  # measured during training, the last step included
+    noise = df[df["probe"] == "noise_scale"].pivot_table(
+        index="step", columns="key", values="value"
+    )
+    finite = noise["g2/total"] > 0
+    assert finite.any()
+    ratio = noise.loc[finite, "trace_sigma/total"] / noise.loc[finite, "g2/total"]
+    assert noise.loc[finite, "total"].to_numpy() == pytest.approx(ratio.to_numpy(), rel=1e-12)
+    grads = df[(df["probe"] == "grad_norms")].pivot_table(
+        index="step", columns="key", values="value"
+    )
+    layers = grads[[c for c in grads.columns if c.startswith("layer:")]]
+    assert grads["total"].to_numpy() == pytest.approx(
+        (layers**2).sum(axis=1).pow(0.5).to_numpy(), rel=1e-6
+    )

@@ -67,9 +67,12 @@ def _check_unbiased(
         assert abs(mean - exact) <= 4 * se
         assert se <= 0.1 * exact
     names = ests[0].names
-    for i, name in enumerate(names):  # per layer, same tolerance
+    assert set(names) == set(trace)
+    for i, name in enumerate(names):  # per layer, same tolerance, both estimators
         mean, se = _mean_and_se([e.trace[i] for e in ests])
         assert abs(mean - trace[name]) <= 4 * se
+        mean, se = _mean_and_se([e.g2[i] for e in ests])
+        assert abs(mean - g2[name]) <= 4 * se
 
 
 def test_two_batch_estimator_is_unbiased_for_an_mlp(toy_data: Data, make_mlp: ModelFactory) -> None:
@@ -156,3 +159,46 @@ def test_beta_zero_is_the_current_measurement(toy_data: Data, make_mlp: ModelFac
     assert est.small_batch == 5 and est.big_batch == 15
     with pytest.raises(ValueError, match="draws"):
         NoiseScale(schedule=Every(1), draws=1)
+
+
+def test_ema_of_numerator_and_denominator_replayed_from_the_same_draws(
+    toy_data: Data, make_mlp: ModelFactory
+) -> None:
+    """The probe's values are the bias-corrected EMAs of the per-measurement tr(Sigma) and |G|^2
+    estimates (replayed with the same generator), and B_simple is their ratio, per layer too;
+    NOT the EMA of per-measurement ratios, which this check tells apart."""
+    x, y = toy_data
+    x = x.double()
+    model = make_mlp(dtype=torch.float64)
+    beta = 0.7
+    probe = NoiseScale(schedule=Every(1), draws=3, beta=beta, small_batch=4)
+    gen, replay = probe_generator(4), probe_generator(4)
+    m_tr = m_g2 = m_ratio = 0.0
+    m_layer_tr: list[float] = []
+    m_layer_g2: list[float] = []
+    for k in range(1, 7):
+        value = {
+            r.key: r.value for r in probe.after_update(_ctx(model, F.cross_entropy, x, y, k, gen))
+        }
+        est = estimate_noise(model, F.cross_entropy, x, y, small_batch=4, draws=3, generator=replay)
+        if k == 1:
+            m_layer_tr, m_layer_g2 = [0.0] * len(est.names), [0.0] * len(est.names)
+        m_tr = beta * m_tr + (1 - beta) * est.trace_total
+        m_g2 = beta * m_g2 + (1 - beta) * est.g2_total
+        m_ratio = beta * m_ratio + (1 - beta) * est.trace_total / est.g2_total
+        m_layer_tr = [beta * m + (1 - beta) * v for m, v in zip(m_layer_tr, est.trace, strict=True)]
+        m_layer_g2 = [beta * m + (1 - beta) * v for m, v in zip(m_layer_g2, est.g2, strict=True)]
+        c = 1 - beta**k
+        assert value["trace_sigma/total"] == pytest.approx(m_tr / c, rel=1e-12)
+        assert value["g2/total"] == pytest.approx(m_g2 / c, rel=1e-12)
+        assert value["total"] == pytest.approx(m_tr / m_g2, rel=1e-12)
+        for i, name in enumerate(est.names):
+            assert value[f"trace_sigma/layer:{name}"] == pytest.approx(m_layer_tr[i] / c, rel=1e-12)
+            assert value[f"g2/layer:{name}"] == pytest.approx(m_layer_g2[i] / c, rel=1e-12)
+            if m_layer_g2[i] > 0:
+                assert value[f"layer:{name}"] == pytest.approx(
+                    m_layer_tr[i] / m_layer_g2[i], rel=1e-12
+                )
+            else:
+                assert math.isnan(value[f"layer:{name}"])
+    assert value["total"] != pytest.approx(m_ratio / (1 - beta**6), rel=1e-3)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from batchlab.probes import AnyOf, AtEnd, Every, LogSpaced, periodic
+from batchlab.probes import AnyOf, AtEnd, AtSteps, Every, LogSpaced, periodic
 
 
 def test_every() -> None:
@@ -37,3 +37,10 @@ def test_periodic_covers_the_trial_and_its_last_step() -> None:
     assert periodic(None, measurements=50).due(300)
     costly = periodic(72, measurements=25, min_every=8)
     assert [t for t in range(20, 73) if costly.due(t)] == [24, 26, 32, 40, 48, 56, 64, 72]
+
+
+def test_at_steps() -> None:
+    s = AtSteps((3, 7))
+    assert [t for t in range(0, 20) if s.due(t)] == [3, 7] and not s.at_end
+    with pytest.raises(ValueError):
+        AtSteps((0,))

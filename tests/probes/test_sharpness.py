@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+import importlib
 from collections.abc import Callable
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,6 +21,9 @@ from batchlab.probes import (
     random_subspace,
     sharpness,
 )
+
+# The module, not the `sharpness` function that batchlab.probes re-exports under the same name.
+sharpness_module = importlib.import_module("batchlab.probes.sharpness")
 
 Data = tuple[torch.Tensor, torch.Tensor]
 ModelFactory = Callable[..., nn.Module]
@@ -116,6 +123,7 @@ def test_one_dimensional_subspace(line_data: Data) -> None:
 def test_probe_records(toy_data: Data, make_mlp: ModelFactory) -> None:
     x, y = toy_data
     model = make_mlp()
+    assert Sharpness(schedule=Every(1)).eps == 1e-3  # Keskar's default
     probe = Sharpness(schedule=Every(1), subset=32, subspace_dim=5)
     ctx = ProbeContext(
         model=model,
@@ -143,3 +151,61 @@ def test_probe_records(toy_data: Data, make_mlp: ModelFactory) -> None:
         sum(p.numel() for p in model.parameters()),
         5,
     )
+
+
+def test_lbfgsb_gets_the_keskar_box_and_a_consistent_objective(
+    toy_data: Data, make_mlp: ModelFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Spy on the scipy call: L-BFGS-B from z = 0 with maxiter 10 on the box
+    |z_i| <= 1e-3 (|(A^T w)_i| + 1) (the defaults), and an objective that is -f(w + A z) for the
+    model in eval mode (BatchNorm, dropout) whose gradient is the objective's own derivative
+    (central finite differences), deterministic from call to call."""
+    x, y = toy_data
+    x = x.double()
+    model = make_mlp(seed=2, noisy=True, dtype=torch.float64)
+    model.train()
+    with torch.no_grad():  # BatchNorm statistics away from their defaults
+        model(x)
+    w = torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
+    n = w.numel()
+    real = sharpness_module.minimize
+    checks: list[dict[str, Any]] = []
+
+    def spy(fun: Callable[..., Any], x0: np.ndarray, **kw: Any) -> Any:
+        rng = np.random.default_rng(0)
+        ub = kw["bounds"].ub
+        errors, values = [], []
+        for _ in range(3):
+            z = rng.uniform(-1.0, 1.0, size=x0.shape) * ub * 200  # well away from 0 (flat start)
+            value, grad = fun(z)
+            assert fun(z)[0] == value  # deterministic: eval mode, no dropout draws
+            h = 1e-6
+            fd = np.array(
+                [(fun(z + h * e)[0] - fun(z - h * e)[0]) / (2 * h) for e in np.eye(z.size)]
+            )
+            errors.append(float(np.max(np.abs(fd - grad)) / np.max(np.abs(grad))))
+            values.append((z, value))
+        checks.append({"x0": x0.copy(), "kw": kw, "errors": errors, "values": values})
+        return real(fun, x0, **kw)
+
+    monkeypatch.setattr(sharpness_module, "minimize", spy)
+    a_mat = random_subspace(n, 4, generator=probe_generator(0), dtype=torch.float64)
+    sharpness(model, F.cross_entropy, x, y)
+    sharpness(model, F.cross_entropy, x, y, subspace=a_mat)
+    assert model.training  # restored after the eval-mode measurement
+
+    reference = copy.deepcopy(model).eval()
+    for check, a in zip(checks, (torch.eye(n, dtype=torch.float64), a_mat), strict=True):
+        kw = check["kw"]
+        assert kw["method"] == "L-BFGS-B" and kw["jac"] is True
+        assert kw["options"]["maxiter"] == 10
+        bound = 1e-3 * ((a.T @ w).abs() + 1).numpy()
+        np.testing.assert_allclose(kw["bounds"].ub, bound, rtol=1e-15)
+        np.testing.assert_allclose(kw["bounds"].lb, -bound, rtol=1e-15)
+        assert np.array_equal(check["x0"], np.zeros(a.shape[1]))
+        assert max(check["errors"]) < 1e-6
+        for z, value in check["values"]:
+            torch.nn.utils.vector_to_parameters(w + a @ torch.from_numpy(z), reference.parameters())
+            with torch.no_grad():
+                direct = float(F.cross_entropy(reference(x), y))
+            assert value == pytest.approx(-direct, rel=1e-12)

@@ -212,3 +212,26 @@ def test_finish_skips_end_probes_on_diverged_weights(
     records = suite.drain()
     assert {r.probe for r in records} == {"distance"}
     assert math.isnan(_by(records, "distance")[3])
+
+
+def test_options_choose_checkpoints_for_any_probe() -> None:
+    """`steps` / `every` in a probe's options set its schedule; end probes keep the end."""
+    suite = ProbeSuite.from_spec(
+        "full",
+        total_steps=100,
+        options={
+            "grad_histograms": {"steps": [10, 50], "draws": 7},
+            "distance": {"every": 30},
+        },
+    )
+    by_name = {p.name: p for p in suite.probes}
+    hist = by_name["grad_histograms"]
+    assert isinstance(hist, GradHistograms) and hist.draws == 7
+    assert [s for s in range(0, 101) if hist.schedule.due(s)] == [10, 50]
+    assert hist.schedule.at_end
+    dist = by_name["distance"].schedule
+    assert [s for s in range(0, 101) if dist.due(s)] == [30, 60, 90, 100]
+    assert not dist.at_end
+    assert not any(by_name["sharpness"].schedule.due(s) for s in range(101))  # untouched
+    with pytest.raises(ValueError, match="AtSteps"):
+        ProbeSuite.from_spec("full", total_steps=10, options={"hessian": {"steps": [0]}})

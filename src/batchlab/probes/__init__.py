@@ -25,7 +25,7 @@ from batchlab.probes.histograms import GradHistograms, GradientHistograms, gradi
 from batchlab.probes.interpolate import interpolate
 from batchlab.probes.monitor import Monitor
 from batchlab.probes.noise_scale import NoiseEstimate, NoiseScale, estimate_noise
-from batchlab.probes.schedule import AnyOf, AtEnd, Every, LogSpaced, Schedule, periodic
+from batchlab.probes.schedule import AnyOf, AtEnd, AtSteps, Every, LogSpaced, Schedule, periodic
 from batchlab.probes.sharpness import Sharpness, SharpnessResult, random_subspace, sharpness
 from batchlab.probes.suite import PRESETS, PROBES, ProbeSuite, resolve_names
 from batchlab.probes.update_size import UpdateSize
@@ -35,6 +35,7 @@ __all__ = [
     "PROBES",
     "AnyOf",
     "AtEnd",
+    "AtSteps",
     "Distance",
     "Every",
     "GradHistograms",

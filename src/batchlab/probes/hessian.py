@@ -2,11 +2,13 @@
 
 The loss is the mean over a fixed subset of the training set, in eval mode (a deterministic
 function of the weights). Each iteration is one Hessian-vector product by double backward,
-reusing one graph for the gradient; the Hessian itself is never formed.
+reusing one graph for the gradient; the Hessian itself is never formed. When the eigenvalue of
+largest magnitude is negative, a shifted second run finds the top (largest) one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -15,6 +17,31 @@ from torch import nn
 from batchlab.probes._util import fixed_subset, flat_loss, isolated
 from batchlab.probes.base import LossFn, Need, Probe, ProbeContext, ProbeRecord, Tier
 from batchlab.probes.schedule import AtEnd, Schedule
+
+
+def _power_iteration(
+    hvp: Callable[[torch.Tensor], torch.Tensor],
+    v: torch.Tensor,
+    *,
+    shift: float,
+    max_iters: int,
+    tol: float,
+) -> tuple[float, int]:
+    """(eigenvalue, iterations) of largest magnitude of H - shift * I, from the unit vector v."""
+    lam = 0.0
+    for it in range(1, max_iters + 1):
+        hv = hvp(v)
+        if shift:
+            hv = hv - shift * v
+        new = float(torch.dot(v.double().flatten(), hv.double().flatten()))  # v has norm 1
+        norm = hv.norm()
+        if float(norm) == 0.0:
+            return 0.0, it
+        v = hv.detach() / norm
+        if it > 1 and abs(new - lam) <= tol * abs(new):
+            return new, it
+        lam = new
+    return lam, max_iters
 
 
 def hessian_top_eigenvalue(
@@ -27,29 +54,30 @@ def hessian_top_eigenvalue(
     max_iters: int = 100,
     tol: float = 1e-4,
 ) -> tuple[float, int]:
-    """(eigenvalue, iterations): the Hessian eigenvalue of largest magnitude of mean loss on (x, y).
+    """(eigenvalue, iterations): the largest (algebraic) Hessian eigenvalue of mean loss on (x, y).
 
-    Power iteration converges to the eigenvalue of largest |lambda|; near a minimum that is the
-    top (positive) one. Stops when the Rayleigh quotient changes by less than tol * |lambda|.
+    Power iteration converges to the eigenvalue of largest |lambda|. Near a minimum that is the
+    top (positive) one; when it comes out negative (lambda_min dominates, e.g. at a saddle), a
+    second power iteration on H - lambda_min I, whose eigenvalues lambda_i - lambda_min are all
+    >= 0, converges to lambda_max - lambda_min. Each run stops when the Rayleigh quotient changes
+    by less than tol * |lambda|; `iterations` counts the Hessian-vector products of both runs.
     """
     with isolated(model, train=False):
         w0, f = flat_loss(model, loss_fn, x, y)
         w = w0.clone().requires_grad_(True)
         (grad,) = torch.autograd.grad(f(w), w, create_graph=True)
-        v = torch.randn(w.shape, generator=generator, dtype=torch.float64)
-        v = (v / v.norm()).to(device=w.device, dtype=w.dtype)
-        lam = 0.0
-        for it in range(1, max_iters + 1):
+
+        def hvp(v: torch.Tensor) -> torch.Tensor:
             (hv,) = torch.autograd.grad(grad, w, grad_outputs=v, retain_graph=True)
-            new = float(torch.dot(v.double().flatten(), hv.double().flatten()))  # v has norm 1
-            norm = hv.norm()
-            if float(norm) == 0.0:
-                return 0.0, it
-            v = hv.detach() / norm
-            if it > 1 and abs(new - lam) <= tol * abs(new):
-                return new, it
-            lam = new
-    return lam, max_iters
+            return hv
+
+        v0 = torch.randn(w.shape, generator=generator, dtype=torch.float64)
+        v0 = (v0 / v0.norm()).to(device=w.device, dtype=w.dtype)
+        lam, iters = _power_iteration(hvp, v0, shift=0.0, max_iters=max_iters, tol=tol)
+        if lam >= 0:
+            return lam, iters
+        gap, more = _power_iteration(hvp, v0, shift=lam, max_iters=max_iters, tol=tol)
+    return lam + gap, iters + more
 
 
 class HessianTop(Probe):

@@ -77,6 +77,20 @@ class AtEnd(Schedule):
 
 
 @dataclass(frozen=True)
+class AtSteps(Schedule):
+    """At the chosen steps (checkpoints) only, e.g. AtSteps((100, 1000))."""
+
+    steps: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if any(s < 1 for s in self.steps):
+            raise ValueError(f"AtSteps: steps count updates from 1, got {self.steps}")
+
+    def due(self, step: int) -> bool:
+        return step in self.steps
+
+
+@dataclass(frozen=True)
 class AnyOf(Schedule):
     """Due whenever any member is due; at the end when any member asks for it."""
 

@@ -30,7 +30,7 @@ from batchlab.probes.grad_norms import GradNorms
 from batchlab.probes.hessian import HessianTop
 from batchlab.probes.histograms import GradHistograms
 from batchlab.probes.noise_scale import NoiseScale
-from batchlab.probes.schedule import Every, Schedule
+from batchlab.probes.schedule import AnyOf, AtEnd, AtSteps, Every, Schedule
 from batchlab.probes.sharpness import Sharpness
 from batchlab.probes.update_size import UpdateSize
 
@@ -78,6 +78,23 @@ def resolve_names(value: str | Sequence[str] | None) -> list[str]:
     return list(dict.fromkeys(names))  # drop repeats, keep order
 
 
+def _with_options(
+    default: Schedule, kwargs: dict[str, Any], *, total_steps: int | None
+) -> Schedule:
+    """The schedule that `every` / `steps` in a probe's options ask for (popped from kwargs)."""
+    every, steps = kwargs.pop("every", None), kwargs.pop("steps", None)
+    if every is None and steps is None:
+        return default
+    parts: list[Schedule] = []
+    if every is not None:
+        parts.append(Every(int(every), total_steps=total_steps))
+    if steps is not None:
+        parts.append(AtSteps(tuple(int(s) for s in steps)))
+    if default.at_end:
+        parts.append(AtEnd())
+    return parts[0] if len(parts) == 1 else AnyOf(tuple(parts))
+
+
 class ProbeSuite:
     """The probes of one trial, each on its own schedule, and the records they produced."""
 
@@ -99,7 +116,10 @@ class ProbeSuite:
         `total_steps` (None for a wall-clock budget) spreads the default schedules over the
         trial and makes the last step due. `every`, if given, replaces the schedule of every
         per-step probe by `Every(every)`; end-of-training probes stay at the end. `options`
-        maps a probe name to keyword arguments of its class (e.g. {"sharpness": {"eps": 1e-4}}).
+        maps a probe name to keyword arguments of its class (e.g. {"sharpness": {"eps": 1e-4}}),
+        plus two schedule keys: `every` (measure every k updates) and `steps` (measure at these
+        checkpoints, e.g. {"grad_histograms": {"steps": [100, 1000]}}). An end-of-training
+        probe given either still measures at the end too.
         """
         probes: list[Probe] = []
         names = resolve_names(value)
@@ -112,6 +132,7 @@ class ProbeSuite:
             if every is not None and not schedule.at_end:
                 schedule = Every(every, total_steps=total_steps)
             kwargs = dict((options or {}).get(name, {}))
+            schedule = _with_options(schedule, kwargs, total_steps=total_steps)
             try:
                 probes.append(kind(schedule=schedule, **kwargs))
             except TypeError as err:
