@@ -195,3 +195,28 @@ def test_fast_sgd_step_is_torch_sgd_bit_for_bit(
         sa, sb = opts[0].state_dict(), opts[1].state_dict()
         for k in sa["state"]:
             assert torch.equal(sa["state"][k]["momentum_buffer"], sb["state"][k]["momentum_buffer"])
+
+
+def test_the_initial_evaluation_is_shared_by_trials_from_the_same_weights(
+    make_spec: SpecFactory,
+) -> None:
+    """Trials at two batch sizes and one seed start from the same weights: the second reuses the
+    first's initial evaluation from the dataset's memo, bit for bit equal to computing it; a
+    different seed computes its own."""
+    spec = spec_from_dict(make_spec(batch_sizes=[8, 64], seeds=[0, 1]))
+    shared = data_for(spec)
+    firsts: dict[tuple[int, int], EvalRecord] = {}
+    for trial in spec.trials():
+        recs: list[EvalRecord] = []
+        train_trial(
+            trial,
+            shared,
+            device=torch.device("cpu"),
+            on_eval=lambda rec, _c, _p, recs=recs: recs.append(rec),  # type: ignore[misc]
+        )
+        firsts[(trial.batch_size, trial.seed)] = recs[0]
+        alone, _, _ = run(spec, spec.trials().index(trial))  # a fresh dataset: nothing memoised
+        assert same(metrics(recs[:1]), metrics(alone[:1]))
+    assert len(shared.memo) == 2  # one initial evaluation per seed
+    assert same(metrics([firsts[(8, 0)]]), metrics([firsts[(64, 0)]]))
+    assert firsts[(8, 0)].val_loss != firsts[(8, 1)].val_loss

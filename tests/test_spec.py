@@ -69,6 +69,9 @@ def test_overrides_parse_toml_values_and_replace_budget(make_spec: SpecFactory) 
         ({"optimizer": "lion"}, "field 'optimizer'"),
         ({"device": "gpu"}, "use auto, cpu, cuda or cuda:N"),
         ({"val_fraction": 1.5}, "field 'val_fraction'"),
+        ({"probes": "fast"}, "field 'probes': unknown probe 'fast'"),
+        ({"probes": "cheap", "probe_args": {"sharpness": {}}}, "field 'probes': options for"),
+        ({"accumulate": 3}, "field 'accumulate': 3 does not divide batch size 8"),
     ],
 )
 def test_bad_spec_is_one_line_naming_the_field(
@@ -108,3 +111,11 @@ def test_fields_at_their_default_do_not_enter_the_trial_id(make_spec: SpecFactor
     assert [t.trial_id for t in a] == [t.trial_id for t in b]
     c = spec_from_dict(make_spec(probes="cheap")).trials()
     assert {t.trial_id for t in a}.isdisjoint(t.trial_id for t in c)
+
+
+@pytest.mark.parametrize("field", ["dataset", "train_subset", "val_fraction", "data_seed"])
+def test_a_variant_cannot_change_the_data(field: str, make_spec: SpecFactory) -> None:
+    value = {"dataset": "digits", "train_subset": 100, "val_fraction": 0.2, "data_seed": 3}[field]
+    spec = spec_from_dict(make_spec(variants=[{"label": "other", field: value}]))
+    with pytest.raises(SpecError, match=f"cannot override \\['{field}'\\].*one dataset"):
+        spec.resolved_variants()

@@ -11,6 +11,7 @@ The engine knows nothing of storage: the caller persists `EvalRecord`s and `Chec
 from __future__ import annotations
 
 import io
+import json
 import math
 import resource
 import time
@@ -321,9 +322,30 @@ def train_trial(
         *, run_loss: float, run_acc: float, window_samples: int, window_time: float, full: bool
     ) -> EvalRecord:
         t0 = time.perf_counter()
-        val = evaluate(model, data.x_val, data.y_val, spec.eval_batch_size)
-        test = evaluate(model, data.x_test, data.y_test, spec.eval_batch_size)
-        tr = evaluate(model, x, y, spec.eval_batch_size) if full else (math.nan, math.nan)
+        # Trials that differ only in batch size, lr or budget start from the same weights: their
+        # initial evaluation is made once per dataset and reused, bit for bit (same weights, same
+        # chunks, same thread count).
+        key = (
+            (
+                "initial",
+                spec.model,
+                json.dumps(spec.model_args, sort_keys=True),
+                trial.seed,
+                spec.eval_batch_size,
+                str(device),
+                torch.get_num_threads(),
+            )
+            if eval_idx == 0 and resume is None
+            else None
+        )
+        if key is not None and key in data.memo:
+            val, test, tr = data.memo[key]
+        else:
+            val = evaluate(model, data.x_val, data.y_val, spec.eval_batch_size)
+            test = evaluate(model, data.x_test, data.y_test, spec.eval_batch_size)
+            tr = evaluate(model, x, y, spec.eval_batch_size) if full else (math.nan, math.nan)
+            if key is not None:
+                data.memo[key] = (val, test, tr)
         eval_time = time.perf_counter() - t0
         return EvalRecord(
             idx=eval_idx,

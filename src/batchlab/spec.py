@@ -26,6 +26,8 @@ BudgetKind = Literal["epochs", "steps", "samples", "seconds"]
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 # Fields that say where and how fast to run, not what to run: they do not enter a trial's id,
 # so a study started on one device can be resumed on another.
+# Fields that choose the data: one per study, shared by every trial and variant.
+DATA_FIELDS = frozenset({"dataset", "dataset_args", "train_subset", "val_fraction", "data_seed"})
 EXECUTION_FIELDS = frozenset(
     {"device", "threads", "save_weights", "adaptive", "workers", "executor", "ray_address"}
 )
@@ -381,9 +383,12 @@ class StudySpec(_Frozen):
         out = []
         for i, v in enumerate(self.variants):
             overrides = {k: val for k, val in v.items() if k != "label"}
-            banned = {"name", "variants", "description", "adaptive"} & set(overrides)
+            banned = {"name", "variants", "description", "adaptive", *DATA_FIELDS} & set(overrides)
             if banned:
-                raise SpecError(f"variants[{i}]: cannot override {sorted(banned)}")
+                raise SpecError(
+                    f"variants[{i}]: cannot override {sorted(banned)} (a study has one dataset;"
+                    " compare datasets across studies with batchlab compare)"
+                )
             data = {**base, **overrides, "variants": []}
             out.append(
                 (str(v["label"]), spec_from_dict(data, source=f"variants[{i}] ({v['label']})"))

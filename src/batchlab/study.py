@@ -36,7 +36,7 @@ from batchlab.engine import (
 from batchlab.errors import SpecError, StoreError
 from batchlab.executor import check_executor, run_trials
 from batchlab.models import build_model
-from batchlab.probes import ProbeRecord, ProbeSuite
+from batchlab.probes import ProbeRecord
 from batchlab.spec import StudySpec, TrialSpec, load_spec, spec_from_dict
 from batchlab.store import Store
 from batchlab.trial import EvalRecord, FrozenTrial, TrialState
@@ -207,11 +207,6 @@ def prepare(spec: StudySpec, *, data_dir: Path | None = None) -> PreparedStudy:
         data_seed=spec.data_seed,
         train_subset=spec.train_subset,
     )
-    try:
-        for _, variant in spec.resolved_variants():
-            ProbeSuite.from_spec(variant.probes, total_steps=None, options=variant.probe_args)
-    except ValueError as err:
-        raise SpecError(f"probes: {err}") from None
     too_big = [b for _, v in spec.resolved_variants() for b in v.batch_sizes if b > data.n_train]
     if too_big:
         raise SpecError(
