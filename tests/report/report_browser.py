@@ -8,6 +8,7 @@ its verdict into the DOM, which `chromium --dump-dom` prints.
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import os
 import re
@@ -25,6 +26,7 @@ FLAGS = (
     "--disable-gpu",
     "--enable-unsafe-swiftshader",  # WebGL (parallel coordinates) in software, explicitly
     "--disable-quic",
+    "--host-resolver-rules=MAP * ~NOTFOUND",  # no host resolves: nothing can be fetched
     "--no-first-run",
     "--disable-background-networking",
     "--disable-component-update",
@@ -36,6 +38,8 @@ FLAGS = (
 
 _CAPTURE = """<script>
 window.__errors = [];
+window.__alerts = [];  // an injected <script>alert(...)</script> would land here
+window.alert = function (m) { window.__alerts.push(String(m)); };
 window.addEventListener("error", function (e) { window.__errors.push(String(e.message)); });
 window.addEventListener("unhandledrejection", function (e) {
   window.__errors.push("unhandled rejection: " + String(e.reason));
@@ -93,7 +97,14 @@ function report(pressed) {
       charts: charts.map(function (div) { return div.id; }),
       drawn: drawn,
       containers: document.querySelectorAll("section .chart").length,
-      pressed: pressed
+      pressed: pressed,
+      alerts: window.__alerts,
+      // every URL the page fetched (scripts, styles, images, fonts, XHR): none, when it is
+      // self-contained
+      resources: performance.getEntriesByType("resource").map(function (r) { return r.name; }),
+      title: document.querySelector("h1") ? document.querySelector("h1").textContent : "",
+      legend: Array.prototype.map.call(
+        document.querySelectorAll(".legendtext"), function (t) { return t.textContent; })
     });
     document.body.appendChild(status);
   }
@@ -108,6 +119,10 @@ class BrowserResult:
     drawn: list[str]  # ids of those holding a drawn (non-empty) SVG
     containers: int  # figure sections on the page
     pressed: int  # plotly buttons pressed (each applied without error)
+    alerts: list[str]  # calls to window.alert (an injected script ran)
+    resources: list[str]  # URLs the page fetched after it was opened
+    title: str  # the page's <h1> as the reader sees it
+    legend: list[str]  # every plotly legend entry as drawn
 
 
 def _run(args: list[str], profile: Path, timeout_s: float = 45.0) -> str:
@@ -136,8 +151,8 @@ def inspect(
     height: int = 6400,
 ) -> BrowserResult:
     """Load a probed copy of `index` (next to it, so relative links hold) and read the verdict."""
-    html = index.read_text(encoding="utf-8")
-    probed = html.replace("<head>", "<head>" + _CAPTURE, 1).replace(
+    page = index.read_text(encoding="utf-8")
+    probed = page.replace("<head>", "<head>" + _CAPTURE, 1).replace(
         "</body>", _PROBE + "</body>", 1
     )
     copy = index.with_name("probe-" + index.name)
@@ -154,11 +169,15 @@ def inspect(
     m = re.search(r'<pre id="batchlab-probe"[^>]*>(.*?)</pre>', dom, re.S)
     if m is None:
         raise AssertionError("the probe never reported: page did not load or a script broke")
-    data = json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    data = json.loads(html.unescape(m.group(1)))  # the DOM dump escapes &, < and > in text
     return BrowserResult(
         errors=list(data["errors"]),
         charts=list(data["charts"]),
         drawn=list(data["drawn"]),
         containers=int(data["containers"]),
         pressed=int(data["pressed"]),
+        alerts=list(data["alerts"]),
+        resources=list(data["resources"]),
+        title=str(data["title"]),
+        legend=list(data["legend"]),
     )

@@ -18,6 +18,7 @@ from batchlab.report.figures.probes_histograms import extract_histograms
 from batchlab.report.figures.probes_noise import extract_noise
 from batchlab.report.figures.probes_sharpness import extract_sharpness
 from batchlab.study import Study
+from tests.report.report_browser import CHROMIUM, inspect
 
 pytestmark = pytest.mark.slow
 
@@ -109,3 +110,15 @@ def test_end_of_training_probes_reach_the_report(study: Study, report: Path) -> 
     assert {"hessian", "sharpness", "grad_histograms"} <= probes
     assert extract_sharpness([study]) is not None and extract_histograms([study]) is not None
     assert {"sharpness", "grad-histograms"} <= set(_shown(report))
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get chromium)")
+def test_the_real_study_renders_in_chromium(report: Path, tmp_path: Path) -> None:
+    """The issue's browser check on a real run: every figure its data allows, drawn, no errors."""
+    result = inspect(report, tmp_path, screenshot=tmp_path / "shot.png")
+    assert result.errors == [] and result.resources == []
+    assert result.charts == [f"chart-{name}" for name in _shown(report)]
+    assert result.drawn == result.charts
+    assert result.pressed == 5  # the curves' x-axis buttons
+    assert result.title == "Batch-size study: tiny"
+    assert (tmp_path / "shot.png").stat().st_size > 50_000

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from batchlab.report.findings import Finding, comparison_findings, study_findings
+from batchlab.report.findings import Finding, budget_text, comparison_findings, study_findings
 from batchlab.trial import TrialState
 from tests.report.report_factories import (
     FakeBudget,
@@ -99,6 +99,16 @@ def test_epoch_budget_reminds_that_large_batches_took_fewer_updates() -> None:
     assert budget.data["kind"] == "epochs"
     assert budget.data["steps_by_batch_size"] == {"8": 512.0, "256": 16.0}
     assert "fewer parameter updates" in budget.text and "b=8: 512" in budget.text
+
+
+def test_budget_is_written_with_its_unit_in_the_singular_for_one() -> None:
+    assert budget_text("epochs", 1.0) == "1 epoch"
+    assert budget_text("epochs", 4.0) == "4 epochs"
+    assert budget_text("samples", 60_000.0) == "60,000 samples"
+    assert budget_text("steps", 1.0) == "1 step"
+    assert budget_text("seconds", 30.0) == "30 s"
+    s = grid_study(batch_sizes=(8, 16), seeds=(0,), spec=FakeSpec(budget=FakeBudget("epochs", 1)))
+    assert one(study_findings(s), "budget").text.startswith("Budget held equal: 1 epoch per trial")
 
 
 def test_steps_budget_reports_epochs_seen() -> None:

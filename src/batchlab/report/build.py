@@ -16,7 +16,12 @@ from batchlab.report._html import FindingItem, Section, page
 from batchlab.report._types import ReportError, StudyLike
 from batchlab.report.figure import Figure
 from batchlab.report.figures import DEFAULT_FIGURES
-from batchlab.report.findings import Finding, comparison_findings, study_findings
+from batchlab.report.findings import (
+    Finding,
+    budget_text,
+    comparison_findings,
+    study_findings,
+)
 from batchlab.report.palette import palette_for
 from batchlab.report.recommendation import recommendation_view, study_recommendation
 from batchlab.report.stats import BAND, Cell, Stat, cells
@@ -133,7 +138,7 @@ def _meta_row(m: dict[str, Any]) -> list[str]:
         m["dataset"],
         m["model"],
         m["optimizer"],
-        f"{budget['value']:g} {budget['kind']}",
+        budget_text(budget["kind"], budget["value"]),
         scaling,
         ", ".join(str(b) for b in m["batch_sizes"]) or "none",
         ", ".join(f"{lr:g}" for lr in m["lr_bases"]) or "none",

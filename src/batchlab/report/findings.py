@@ -74,6 +74,14 @@ def _sizes(values: Sequence[tuple[int, float]], fmt: str) -> str:
     return ", ".join(f"b={b}: {format(v, fmt)}" for b, v in values)
 
 
+def budget_text(kind: str, value: float) -> str:
+    """ "1 epoch", "4 epochs", "2,048 samples", "30 s": a budget with its unit, in words."""
+    if kind == "seconds":
+        return f"{value:g} s"
+    unit = kind[:-1] if value == 1 and kind.endswith("s") else kind
+    return f"{value:,.0f} {unit}" if value >= 1e4 else f"{value:g} {unit}"
+
+
 def _budget(study: StudyLike, scored: Sequence[Cell]) -> Finding:
     kind, value = study.spec.budget.kind, study.spec.budget.value
     per_bs: dict[int, Cell] = {}
@@ -88,7 +96,7 @@ def _budget(study: StudyLike, scored: Sequence[Cell]) -> Finding:
         "epochs_by_batch_size": {str(b): e for b, e in epochs},
     }
     if kind == "epochs":
-        text = f"Budget held equal: {value:g} epochs per trial (equal data)."
+        text = f"Budget held equal: {budget_text(kind, value)} per trial (equal data)."
         if len(steps) > 1:
             text += (
                 " So larger batches took fewer parameter updates: "

@@ -19,11 +19,13 @@ from matplotlib.typing import LineStyleType
 from plotly.subplots import make_subplots
 
 from batchlab.report.figures._style import (
+    band_edges,
     mpl_axes,
     mpl_bs_axis,
     mpl_log,
     plotly_bs_axis,
     plotly_layout,
+    plotly_log_axis,
 )
 from batchlab.report.palette import SERIES_COLORS, Palette, mpl_text, plotly_text
 
@@ -96,8 +98,20 @@ def _points(line: Line, panel: LinePanel) -> list[tuple[float, float, float]]:
     return out
 
 
-def _ys(panel: LinePanel) -> list[float]:
-    return [y for line in panel.lines for _, y, _ in _points(line, panel)]
+def _ys(panel: LinePanel, *, bands: bool = False) -> list[float]:
+    """Every y a panel draws; with `bands`, the band edges too (what log ticks must cover)."""
+    out: list[float] = []
+    for line in panel.lines:
+        pts = _points(line, panel)
+        out.extend(y for _, y, _ in pts)
+        band = band_edges([y for _, y, _ in pts], [s for _, _, s in pts], log=panel.log_y)
+        if bands and band is not None:
+            out.extend(band[0] + band[1])
+    return out
+
+
+def _xs(panel: LinePanel) -> list[float]:
+    return [x for line in panel.lines for x, _, _ in _points(line, panel)]
 
 
 def _fmt(v: float) -> str:
@@ -133,13 +147,13 @@ def render_lines_plotly(data: LinesData, palette: Palette) -> Any:
             xs, ys, ss = (list(v) for v in zip(*pts, strict=True))
             label = plotly_text(line.label)
             color = line_color(line, palette)
-            if any(math.isfinite(s) for s in ss):
-                half = [s if math.isfinite(s) else 0.0 for s in ss]
-                hi = [y + h for y, h in zip(ys, half, strict=True)]
-                lo = [y - h for y, h in zip(ys, half, strict=True)]
+            band = band_edges(ys, ss, log=panel.log_y)
+            if band is not None:
+                hi, lo = band
                 fig.add_scatter(
                     x=[*xs, *reversed(xs)],
                     y=[*hi, *reversed(lo)],
+                    mode="lines",  # the default adds markers at the band's corners
                     fill="toself",
                     fillcolor=_rgba(color, 0.13),
                     line={"width": 0},
@@ -194,19 +208,14 @@ def render_lines_plotly(data: LinesData, palette: Palette) -> Any:
         else:
             fig.update_xaxes(
                 title_text=plotly_text(panel.x_label),
-                type="log" if panel.x_kind == "log" else "linear",
-                dtick="D2" if panel.x_kind == "log" else None,  # ticks at 1, 2, 5 × 10^k
-                minorloglabels="complete",
+                **(plotly_log_axis(_xs(panel)) if panel.x_kind == "log" else {"type": "linear"}),
                 rangemode="tozero" if panel.origin else "normal",
                 row=row,
                 col=col,
             )
         fig.update_yaxes(
             title_text=plotly_text(panel.y_label),
-            type="log" if panel.log_y else "linear",
-            # 1, 2, 5 × 10^k over a decade or more; plotly's own ticks label a narrower range
-            dtick="D2" if panel.log_y and wide_log(_ys(panel), factor=10.0) else None,
-            minorloglabels="complete",
+            **(plotly_log_axis(_ys(panel, bands=True)) if panel.log_y else {"type": "linear"}),
             rangemode="tozero" if panel.origin else "normal",
             row=row,
             col=col,
@@ -224,12 +233,12 @@ def _mpl_panel(ax: Axes, panel: LinePanel, data: LinesData, palette: Palette) ->
             continue
         xs, ys, ss = (list(v) for v in zip(*pts, strict=True))
         color = line_color(line, palette)
-        if any(math.isfinite(s) for s in ss):
-            half = [s if math.isfinite(s) else 0.0 for s in ss]
+        band = band_edges(ys, ss, log=panel.log_y)
+        if band is not None:
             ax.fill_between(
                 xs,
-                [y - h for y, h in zip(ys, half, strict=True)],
-                [y + h for y, h in zip(ys, half, strict=True)],
+                band[1],
+                band[0],
                 color=color,
                 alpha=0.13,
                 lw=0,

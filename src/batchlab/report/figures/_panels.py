@@ -18,11 +18,13 @@ from matplotlib.lines import Line2D
 from plotly.subplots import make_subplots
 
 from batchlab.report.figures._style import (
+    band_edges,
     mpl_axes,
     mpl_bs_axis,
     mpl_log,
     plotly_bs_axis,
     plotly_layout,
+    plotly_log_axis,
 )
 from batchlab.report.palette import DIVERGED_COLOR, Palette, mpl_text, plotly_text
 from batchlab.report.stats import Cell, SeriesKey, Stat
@@ -112,13 +114,19 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
 
 
-def _band(s: Series) -> tuple[list[float], list[float]] | None:
-    if all(not math.isfinite(d) for d in s.std):
-        return None
-    half = [d if math.isfinite(d) else 0.0 for d in s.std]
-    return [m + h for m, h in zip(s.mean, half, strict=True)], [
-        m - h for m, h in zip(s.mean, half, strict=True)
-    ]
+def _band(s: Series, panel: Panel) -> tuple[list[float], list[float]] | None:
+    return band_edges(s.mean, s.std, log=panel.log_y)
+
+
+def _panel_values(panel: Panel) -> list[float]:
+    """Every y value a panel draws (means, band edges, marks): what its log ticks must cover."""
+    out = [m.value for m in panel.marks]
+    for s in panel.series:
+        out.extend(s.mean)
+        band = _band(s, panel)
+        if band is not None:
+            out.extend(band[0] + band[1])
+    return out
 
 
 def _with_alpha(hex_color: str, alpha: float) -> str:
@@ -139,12 +147,13 @@ def render_panels_plotly(data: PanelsData, palette: Palette) -> Any:
         for s in panel.series:
             label = plotly_text(palette.label(s.key))
             color = palette.series_color(s.key)
-            band = _band(s)
+            band = _band(s, panel)
             if band is not None:
                 hi, lo = band
                 fig.add_scatter(
                     x=[*s.batch_sizes, *reversed(s.batch_sizes)],
                     y=[*hi, *reversed(lo)],
+                    mode="lines",  # the default adds markers at the band's corners
                     fill="toself",
                     fillcolor=_with_alpha(color, 0.13),
                     line={"width": 0},
@@ -225,9 +234,7 @@ def render_panels_plotly(data: PanelsData, palette: Palette) -> Any:
         plotly_bs_axis(fig, data.batch_sizes, row=1, col=col)
         fig.update_yaxes(
             title_text=f"{panel.y_label} ({panel.unit})",
-            type="log" if panel.log_y else "linear",
-            dtick="D2" if panel.log_y else None,  # ticks at 1, 2, 5 × 10^k ...
-            minorloglabels="complete",  # ... labelled 200, 500, not "2", "5"
+            **(plotly_log_axis(_panel_values(panel)) if panel.log_y else {"type": "linear"}),
             row=1,
             col=col,
         )
@@ -244,7 +251,7 @@ def render_panels_matplotlib(data: PanelsData, palette: Palette) -> MplFigure:
         mpl_axes(ax)
         for s in panel.series:
             color = palette.series_color(s.key)
-            band = _band(s)
+            band = _band(s, panel)
             if band is not None:
                 ax.fill_between(s.batch_sizes, band[1], band[0], color=color, alpha=0.13, lw=0)
             ax.plot(

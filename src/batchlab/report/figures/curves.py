@@ -20,7 +20,13 @@ from plotly.subplots import make_subplots
 
 from batchlab.report._types import StudyLike
 from batchlab.report.figure import Figure
-from batchlab.report.figures._style import mpl_axes, mpl_log, plotly_layout
+from batchlab.report.figures._style import (
+    log_ticks,
+    mpl_axes,
+    mpl_log,
+    plotly_layout,
+    plotly_log_axis,
+)
 from batchlab.report.palette import Palette, mpl_text, plotly_text
 from batchlab.report.stats import cells
 from batchlab.trial import EvalRecord, FrozenTrial, TrialState
@@ -143,6 +149,14 @@ def _curve_label(c: Curve, palette: Palette, data: CurvesData) -> str:
     return f"{c.study} · {label}" if palette.multi_study else label
 
 
+def log_x(values: Sequence[float]) -> list[float | None]:
+    """x values for a log axis: step 0 / time 0 become gaps.
+
+    Plotly would place them far off to the left and draw the first segment as a flat line at the
+    next value, as if each run had started where it ended."""
+    return [v if math.isfinite(v) and v > 0 else None for v in values]
+
+
 def render_curves_plotly(data: CurvesData, palette: Palette) -> Any:
     fig = make_subplots(rows=2, cols=2, subplot_titles=_titles(data), vertical_spacing=0.16)
     first_x = X_AXES[0][0]
@@ -170,13 +184,18 @@ def render_curves_plotly(data: CurvesData, palette: Palette) -> Any:
     axes = ("xaxis", "xaxis2", "xaxis3", "xaxis4")
     buttons = []
     for field, title, log, button in X_AXES:
-        xs = [list(c.values(field)) for c in data.curves for _ in PANELS]
-        layout: dict[str, str] = {}
+        xs = [log_x(c.values(field)) if log else list(c.values(field)) for c in data.curves]
+        xs = [x for x in xs for _ in PANELS]
+        # No dtick here: a "D2" dtick reaching an axis that is still linear hangs plotly.js.
+        # Explicit 1-2-5 ticks on the log views; "auto" ticks again on the linear ones.
+        ticks = log_ticks([x for c in data.curves for x in c.values(field)]) if log else None
+        layout: dict[str, Any] = {}
         for ax in axes:
-            # No dtick here: a "D2" dtick reaching an axis that is still linear hangs plotly.js.
             layout[f"{ax}.type"] = "log" if log else "linear"
-            layout[f"{ax}.minorloglabels"] = "complete"
             layout[f"{ax}.title.text"] = title
+            layout[f"{ax}.tickmode"] = "auto" if ticks is None else "array"
+            layout[f"{ax}.tickvals"] = None if ticks is None else ticks[0]
+            layout[f"{ax}.ticktext"] = None if ticks is None else ticks[1]
         buttons.append({"label": button, "method": "update", "args": [{"x": xs}, layout]})
     fig.update_layout(
         updatemenus=[
@@ -194,12 +213,9 @@ def render_curves_plotly(data: CurvesData, palette: Palette) -> Any:
         ]
     )
     fig.update_xaxes(title_text=X_AXES[0][1])
+    losses = [v for c in data.curves for p in PANELS[:2] for v in c.values(p)]
     fig.update_yaxes(
-        title_text="loss (cross-entropy, nats, log scale)",
-        type="log",
-        dtick="D2",
-        minorloglabels="complete",
-        row=1,
+        title_text="loss (cross-entropy, nats, log scale)", **plotly_log_axis(losses), row=1
     )
     fig.update_yaxes(title_text="accuracy (%)", row=2)
     plotly_layout(fig, height=760)
