@@ -248,3 +248,23 @@ def test_members_match_engine_on_cuda() -> None:
         tiny_spec(seeds=[0, 1, 2], lrs=[0.02, 1e6], batch_sizes=[8], momentum=0.9, device="cuda")
     )
     _check_against_engine(spec, torch.device("cuda"))
+
+
+def test_a_study_with_fuse_trains_its_groups_together_and_stores_them_like_any_trial(
+    tmp_path: Any,
+) -> None:
+    """run_study with fuse = true: each batch size's seeds x lrs train as one fused group, and
+    every stored trial matches the same trial in the unfused study."""
+    from batchlab.study import run_study
+
+    base = tiny_spec(batch_sizes=[8, 32], seeds=[0, 1], lrs=[0.1, 0.05], budget={"epochs": 2})
+    fused = run_study({**base, "name": "f", "fuse": True}, store=tmp_path / "f.db")
+    plain = run_study({**base, "name": "p", "fuse": False}, store=tmp_path / "p.db")
+    assert len(fused.trials) == len(plain.trials) == 8
+    by_cell = {(t.batch_size, t.lr, t.seed): t for t in plain.trials}
+    for t in fused.trials:
+        assert t.state == TrialState.COMPLETE
+        assert t.provenance["executor"] == "fused" and t.provenance["fused_with"] == 4
+        ref = by_cell[(t.batch_size, t.lr, t.seed)]
+        _assert_close_records(ref.evals, t.evals)
+    assert all(t.provenance.get("executor") != "fused" for t in plain.trials)

@@ -39,8 +39,16 @@ import torch
 import torch.multiprocessing  # registers torch's shared-memory pickling of tensors
 
 from batchlab.data import Dataset
-from batchlab.engine import Checkpoint, Progress, planned_steps, resolve_device, train_trial
+from batchlab.engine import (
+    Checkpoint,
+    EvalSink,
+    Progress,
+    planned_steps,
+    resolve_device,
+    train_trial,
+)
 from batchlab.errors import SpecError
+from batchlab.fused import group_trials, train_group
 from batchlab.probes import ProbeRecord
 from batchlab.spec import StudySpec, TrialSpec
 from batchlab.store import LEASE_S, ClaimLost, Store, process_owner
@@ -562,6 +570,10 @@ def run_trials(
         )
         order = order_for_pool(todo, prepared.data.n_train)
     in_process = isinstance(backend, InProcess)
+    if in_process and (
+        spec.fuse is True or (spec.fuse == "auto" and prepared.device.type == "cuda")
+    ):
+        order = run_fused_groups(store, order, prepared, reporter, provenance)
     try:
         _Driver(
             store,
@@ -574,6 +586,81 @@ def run_trials(
         ).run(order, n_train=prepared.data.n_train)
     finally:
         backend.close()
+
+
+def run_fused_groups(
+    store: Store,
+    todo: Sequence[TrialSpec],
+    prepared: PreparedStudy,
+    reporter: Reporter,
+    provenance: dict[str, Any],
+) -> list[TrialSpec]:
+    """Train, in this process, the trials of `todo` that fuse (`fused.group_trials`: fresh trials
+    that differ only in seed and lr) group by group, one batched step per group; return the
+    others, in order, for the driver. Claims, evaluations and outcomes go to the store exactly as
+    for a trial run alone, so an interrupted member resumes alone from its checkpoint."""
+    fresh = [t for t in todo if store.trial_state(t.trial_id) == TrialState.WAITING]
+    groups = [g for g in group_trials(fresh) if len(g) > 1]
+    grouped = {t.trial_id for g in groups for t in g}
+    rest = [t for t in todo if t.trial_id not in grouped]
+    owner = process_owner()
+    n_train = prepared.data.n_train
+    with _Heartbeat(store.path, owner):
+        for group in groups:
+            members: list[TrialSpec] = []
+            for t in group:
+                prov = {**provenance, "executor": "fused", "fused_with": len(group)}
+                claim = store.claim_trial(t.trial_id, prov, owner=owner)
+                if claim is None or claim[1] is not None:  # taken by another process meanwhile
+                    rest.append(t)
+                else:
+                    members.append(t)
+                    reporter.trial_started(t, planned_steps(t, n_train))
+            if members:
+                _train_claimed_group(store, members, prepared, reporter, owner)
+    return rest
+
+
+def _train_claimed_group(
+    store: Store,
+    members: Sequence[TrialSpec],
+    prepared: PreparedStudy,
+    reporter: Reporter,
+    owner: str,
+) -> None:
+    def sink_for(tid: str) -> EvalSink:
+        def sink(rec: EvalRecord, ckpt: Checkpoint | None, probes: list[ProbeRecord]) -> None:
+            store.add_eval(tid, rec, ckpt.to_bytes() if ckpt else None, probes, owner=owner)
+
+        return sink
+
+    try:
+        outcomes = train_group(
+            members,
+            prepared.data,
+            device=prepared.device,
+            sinks=[sink_for(t.trial_id) for t in members],
+        )
+    except Exception:  # a failing group fails its members, and the study goes on
+        for t in members:
+            store.finish_trial(t.trial_id, TrialState.FAILED, error=traceback.format_exc())
+            reporter.trial_finished(t, TrialState.FAILED)
+        return
+    for t, out in zip(members, outcomes, strict=True):
+        weights = None
+        if out.weights is not None and t.study.save_weights:
+            buf = io.BytesIO()
+            torch.save(out.weights, buf)
+            weights = buf.getvalue()
+        store.finish_trial(
+            t.trial_id,
+            out.state,
+            diverged_step=out.diverged_step,
+            probes=out.probes,
+            weights=weights,
+            owner=owner,
+        )
+        reporter.trial_finished(t, out.state)
 
 
 class _Driver:

@@ -29,7 +29,7 @@ _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 # Fields that choose the data: one per study, shared by every trial and variant.
 DATA_FIELDS = frozenset({"dataset", "dataset_args", "train_subset", "val_fraction", "data_seed"})
 EXECUTION_FIELDS = frozenset(
-    {"device", "threads", "save_weights", "adaptive", "workers", "executor", "ray_address"}
+    {"device", "threads", "save_weights", "adaptive", "workers", "executor", "ray_address", "fuse"}
 )
 
 
@@ -273,6 +273,9 @@ class StudySpec(_Frozen):
     """Where trials run: local processes, or a Ray cluster."""
     ray_address: str | None = None
     """With executor = "ray": the cluster to join (unset: start one)."""
+    fuse: bool | Literal["auto"] = "auto"
+    """Train trials that differ only in seed and lr as one batched step (batchlab.fused): auto
+    (on CUDA, one trial after another), true (on any device), false (never)."""
 
     @field_validator("adaptive", mode="before")
     @classmethod
