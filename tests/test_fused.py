@@ -266,5 +266,5 @@ def test_a_study_with_fuse_trains_its_groups_together_and_stores_them_like_any_t
         assert t.state == TrialState.COMPLETE
         assert t.provenance["executor"] == "fused" and t.provenance["fused_with"] == 4
         ref = by_cell[(t.batch_size, t.lr, t.seed)]
-        _assert_close_records(ref.evals, t.evals)
+        _assert_close_records(list(ref.evals), list(t.evals))
     assert all(t.provenance.get("executor") != "fused" for t in plain.trials)
