@@ -164,7 +164,7 @@ def test_ghost_batchnorm_normalizes_each_chunk() -> None:
 @pytest.mark.parametrize(
     ("overrides", "needle"),
     [
-        ({"accumulate": 3}, "accumulate: 3 does not divide batch size 8"),
+        ({"accumulate": 3}, "field 'accumulate': 3 does not divide batch size 8"),
         ({"batch_schedule": {"milestones": [5], "factor": 2}}, "milestone 5 is past the budget"),
         (
             {"lr_schedule": {"milestones": [1], "factor": 2}, "budget": {"steps": 9}},
@@ -172,7 +172,7 @@ def test_ghost_batchnorm_normalizes_each_chunk() -> None:
         ),
         ({"batch_schedule": {"milestones": [1, 1], "factor": 2}}, "increasing"),
         ({"batch_schedule": {"milestones": [1], "factor": 0.5}}, "batch_schedule.factor"),
-        ({"controls": True, "budget": {"steps": 10}}, "controls: need an epochs or samples"),
+        ({"controls": True, "budget": {"steps": 10}}, "field 'controls': need an epochs or"),
         ({"controls": True, "batch_sizes": [8]}, "at least two batch sizes"),
         ({"variants": [{"optimizer": "adam"}]}, "unique label"),
         ({"lrs": "1:0.1:3"}, "need 0 < lo <= hi"),
@@ -188,6 +188,55 @@ def test_impossible_combinations_name_the_field(
         build_model(
             spec.model, spec.model_args, input_shape=data.input_shape, num_classes=3, seed=0
         )
+
+
+DESIGN_TOML = """
+name = "d"
+dataset = "synthetic"
+dataset_args = { n_train = 256, n_test = 64, dim = 8, classes = 3 }
+model = "mlp"
+model_args = { widths = [16] }
+lrs = [0.1]
+batch_sizes = [8, 64]
+seeds = [0]
+budget = { epochs = 2 }
+device = "cpu"
+"""
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["accumulate=3"], "field 'accumulate': 3 does not divide batch size 8"),
+        (["batch_schedule={milestones=[2], factor=2}"], "milestone 2 is past the budget"),
+        (["lr_schedule={milestones=[3], factor=2}"], "milestone 3 is past the budget"),
+        (['lrs="1:0.1:3"'], "field 'lrs'"),  # a log grid with no lr in it
+        (['batch_sizes="3:3"'], "holds no power of two"),  # a grid with no batch size
+        (["batch_sizes=[512]"], "exceed the 230 training examples"),
+        (["controls=true", "budget={steps=10}"], "field 'controls': need an epochs or samples"),
+        (["variants=[{label='a', accumulate=3}]"], "variants[0] (a)"),
+        (["model=cnn", "model_args={ghost_batch=4}"], "ghost_batch"),
+    ],
+)
+def test_impossible_designs_exit_2_in_one_line_and_store_nothing(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    overrides: list[str],
+    needle: str,
+) -> None:
+    from batchlab.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d.toml").write_text(DESIGN_TOML)
+    sets = [arg for o in overrides for arg in ("--set", o)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "d.toml", "--store", "r.db", "--quiet", *sets])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert needle in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "r.db").exists()
 
 
 def test_bad_variant_is_named(make_spec: SpecFactory) -> None:

@@ -7,9 +7,13 @@ import pytest
 import torch
 from torch import nn
 
+import batchlab.profile
 from batchlab.cli import main
+from batchlab.errors import SpecError
 from batchlab.profile import (
     count_macs,
+    fits_with_margin,
+    is_out_of_memory,
     knee,
     largest_fitting,
     linear_memory_model,
@@ -96,3 +100,64 @@ def test_profile_command_prints_a_table_and_json(capsys: pytest.CaptureFixture[s
         main([*args, "--batch-sizes", "8,x"])
     assert err.value.code == 2
     assert "--batch-sizes" in capsys.readouterr().err
+
+
+def test_the_search_survives_out_of_memory_errors() -> None:
+    # A fake device with 10,000 bytes: a step of B samples peaks at 100 B bytes, and raises
+    # CUDA's out-of-memory error once B > 100 (as a real step would, mid-allocation).
+    released: list[int] = []
+
+    def step(b: int) -> int:
+        if b > 100:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {b} B")
+        return 100 * b
+
+    def fits(b: int) -> bool:
+        ok = fits_with_margin(
+            step, b, budget_bytes=0.8 * 10_000, release=lambda: released.append(b)
+        )
+        return ok
+
+    assert fits(80) and not fits(81)  # the margin: 80 x 100 = 8,000 bytes = 0.8 of 10,000
+    assert not fits(101)  # out of memory is "does not fit", not a crash
+    assert largest_fitting(fits, start=8, limit=2**20) == 80
+    assert released[:3] == [80, 81, 101]  # memory released after every try, OOM or not
+    # cuBLAS and the CPU allocator report running out as plain RuntimeErrors
+    assert is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling"))
+    assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: 9 GB"))
+    assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+
+    def broken(b: int) -> int:
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    with pytest.raises(RuntimeError, match="shapes"):  # a real bug is not hidden as "no fit"
+        fits_with_margin(broken, 8, budget_bytes=1.0)
+
+
+def test_profiled_sizes_that_run_out_of_memory_are_listed_not_timed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = batchlab.profile.time_steps
+
+    def time_steps(model: nn.Module, x: torch.Tensor, *args: object, **kw: object) -> object:
+        if x.shape[0] >= 64:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
+        return real(model, x, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(batchlab.profile, "time_steps", time_steps)
+    common: dict[str, object] = {
+        "model_args": {"widths": [16]},
+        "dataset_args": TINY,
+        "warmup": 1,
+        "min_steps": 2,
+        "min_time_s": 0.01,
+        "matmul_n": 64,
+        "memory_cap_bytes": 2**30,
+    }
+    prof = profile_hardware(batch_sizes=[8, 32, 64, 128], **common)  # type: ignore[arg-type]
+    assert [r.batch_size for r in prof.rows] == [8, 32]
+    assert prof.oom_batch_sizes == (64, 128)
+    assert prof.knee_batch_size in (8, 32)
+    assert prof.lines()[-1] == "out of memory (not timed): batch sizes 64, 128"
+    with pytest.raises(SpecError, match="the smallest, 64, already runs out of memory"):
+        profile_hardware(batch_sizes=[64, 128], **common)  # type: ignore[arg-type]

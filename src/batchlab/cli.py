@@ -511,9 +511,15 @@ def critical_cmd(
         + (f" (95% CI {ci.lo:.4g} .. {ci.hi:.4g}, {fit.n_boot} resamples)" if ci else "")
         + (f"; {fit.ci_note}" if fit.ci_note else "")
     )
+    if fit.caveat():
+        click.echo(fit.caveat())
     if noise is not None:
         per = ", ".join(f"B={b}: {v:.4g}" for b, v in noise.per_batch.items())
         click.echo(f"B_simple (median, late training) = {noise.overall:.4g} ({per})")
+        click.echo(
+            f"B_simple / B_crit = {noise.overall / fit.b_crit:.2g}"
+            " (McCandlish et al. expect the same order of magnitude)"
+        )
 
 
 def _int_list(text: str) -> list[int]:

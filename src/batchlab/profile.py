@@ -12,13 +12,17 @@ Rules (see docs/critical-batch-size.md):
 - Peak FLOP/s: the best of a few timed float32 n x n matmuls (2 n³ FLOPs each).
 - Knee: the first profiled batch size from which the next one gains less than 10% throughput
   per doubling (gain^(1 / log2(B_next / B))); the largest batch size when gains never drop.
+- Out of memory: a training step that raises an out-of-memory error (`is_out_of_memory`:
+  `torch.cuda.OutOfMemoryError`, or a RuntimeError saying so, as cuBLAS and the CPU allocator
+  do) is caught, the memory freed, and the profile goes on: a profiled batch size that runs out
+  is listed in `oom_batch_sizes` (with every larger one, not tried), not timed.
 - Largest batch that fits: a doubling then binary search over a monotone `fits(B)`. On CUDA
-  `fits` runs a training step and fails on `torch.cuda.OutOfMemoryError` or when the step's
-  peak exceeds (1 - margin) of the device memory. On CPU nothing is allocated: memory is
-  extrapolated linearly in B from the profiled peaks (extra RSS over the pre-step level, the
-  slope at least the analytic 4 bytes x (activations + their gradients) per sample) and must
-  stay below (1 - margin) of the cap: `memory_cap_bytes`, by default half of MemAvailable (4 GiB
-  where /proc/meminfo is missing). The search stops at `search_limit`.
+  `fits` runs a training step and fails on an out-of-memory error or when the step's peak
+  exceeds (1 - margin) of the device memory (`fits_with_margin`). On CPU nothing is allocated:
+  memory is extrapolated linearly in B from the profiled peaks (extra RSS over the pre-step
+  level, the slope at least the analytic 4 bytes x (activations + their gradients) per sample)
+  and must stay below (1 - margin) of the cap: `memory_cap_bytes`, by default half of
+  MemAvailable (4 GiB where /proc/meminfo is missing). The search stops at `search_limit`.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ class HardwareProfile:
     memory_cap_bytes: int  # CPU: the cap used; CUDA: the device's total memory
     margin: float
     search_limit: int
+    oom_batch_sizes: tuple[int, ...] = ()  # profiled sizes that ran out of memory (not timed)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,13 +95,17 @@ class HardwareProfile:
             if self.max_batch_size >= self.search_limit
             else ""
         )
-        return [
+        out = [
             f"{self.model} on {self.dataset}, {self.device}, {self.threads} thread(s):"
             f" {self.flops_per_sample:.3g} training FLOPs per sample;"
             f" measured matmul peak {self.peak_flops / 1e9:.3g} GFLOP/s",
             knee,
             fit,
         ]
+        if self.oom_batch_sizes:
+            sizes = ", ".join(str(b) for b in self.oom_batch_sizes)
+            out.append(f"out of memory (not timed): batch sizes {sizes}")
+        return out
 
 
 def count_macs(model: nn.Module, example: torch.Tensor) -> int:
@@ -201,6 +210,37 @@ def time_steps(
     elapsed = time.perf_counter() - t0
     peak = peak_memory_bytes(device)
     return elapsed / steps, steps, peak, max(0, peak - before)
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """An allocation failure: CUDA's OutOfMemoryError, or a RuntimeError that says so (cuBLAS
+    handle and workspace allocations, the CPU allocator)."""
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and any(
+        s in text for s in ("out of memory", "cublas_status_alloc_failed", "can't allocate memory")
+    )
+
+
+def fits_with_margin(
+    step: Callable[[int], int],
+    batch_size: int,
+    *,
+    budget_bytes: float,
+    release: Callable[[], None] = lambda: None,
+) -> bool:
+    """Whether `step(batch_size)` (one training step, returning its peak bytes) runs within
+    `budget_bytes`. An out-of-memory error is "does not fit", not a crash; `release` frees the
+    memory afterwards (after the exception is cleared, so its frames hold no tensors)."""
+    try:
+        ok = step(batch_size) <= budget_bytes
+    except RuntimeError as err:
+        if not is_out_of_memory(err):
+            raise
+        ok = False
+    release()
+    return ok
 
 
 def knee(batch_sizes: Sequence[int], throughput: Sequence[float]) -> tuple[int, bool]:
@@ -314,12 +354,32 @@ def profile_hardware(
         idx = torch.randint(0, x_all.shape[0], (b,), generator=g).to(dev)  # with replacement
         return x_all[idx], y_all[idx]
 
-    rows = []
-    for b in sizes:  # ascending, so allocator caches from bigger batches do not hide growth
-        xb, yb = batch(b)
-        step_s, steps, peak_mem, extra = time_steps(
+    def release() -> None:
+        net.zero_grad(set_to_none=True)
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def timed(b: int) -> tuple[float, int, int, int]:
+        xb, yb = batch(b)  # local: freed on return, before the next size
+        return time_steps(
             net, xb, yb, dev, warmup=warmup, min_steps=min_steps, min_time_s=min_time_s
         )
+
+    rows = []
+    oom: list[int] = []
+
+    for b in sizes:  # ascending, so allocator caches from bigger batches do not hide growth
+        result: tuple[float, int, int, int] | None = None
+        try:
+            result = timed(b)
+        except RuntimeError as err:
+            if not is_out_of_memory(err):
+                raise
+        if result is None:  # out of memory: larger sizes would be too; list them, do not try
+            release()
+            oom = [s for s in sizes if s >= b]
+            break
+        step_s, steps, peak_mem, extra = result
         rate = b / step_s
         rows.append(
             BatchProfile(
@@ -333,24 +393,26 @@ def profile_hardware(
                 fraction_of_peak=rate * flops_per_sample / peak,
             )
         )
-        del xb, yb
+    if not rows:
+        raise SpecError(
+            f"--batch-sizes: the smallest, {sizes[0]}, already runs out of memory on {dev};"
+            " try smaller batch sizes or a smaller model"
+        )
     knee_b, saturated = knee([r.batch_size for r in rows], [r.samples_per_s for r in rows])
 
     if dev.type == "cuda":
         cap = int(torch.cuda.get_device_properties(dev).total_memory)
         limit = search_limit or 2**22
 
+        def cuda_step(b: int) -> int:
+            xb, yb = batch(b)
+            torch.cuda.reset_peak_memory_stats(dev)
+            _step(net, torch.optim.SGD(net.parameters(), lr=1e-3), xb, yb)
+            _sync(dev)
+            return int(torch.cuda.max_memory_allocated(dev))
+
         def fits(b: int) -> bool:
-            try:
-                xb, yb = batch(b)
-                torch.cuda.reset_peak_memory_stats(dev)
-                _step(net, torch.optim.SGD(net.parameters(), lr=1e-3), xb, yb)
-                _sync(dev)
-                return int(torch.cuda.max_memory_allocated(dev)) <= (1 - margin) * cap
-            except torch.cuda.OutOfMemoryError:
-                return False
-            finally:
-                torch.cuda.empty_cache()
+            return fits_with_margin(cuda_step, b, budget_bytes=(1 - margin) * cap, release=release)
 
     else:
         cap = memory_cap_bytes or default_memory_cap()
@@ -362,7 +424,7 @@ def profile_hardware(
         def fits(b: int) -> bool:
             return base + slope * b <= (1 - margin) * cap
 
-    max_b = largest_fitting(fits, start=sizes[-1], limit=limit)
+    max_b = largest_fitting(fits, start=rows[-1].batch_size, limit=limit)
     return HardwareProfile(
         device=str(dev),
         model=model,
@@ -377,4 +439,5 @@ def profile_hardware(
         memory_cap_bytes=cap,
         margin=margin,
         search_limit=limit,
+        oom_batch_sizes=tuple(oom),
     )

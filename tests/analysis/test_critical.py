@@ -103,6 +103,7 @@ def test_fit_recovers_s_min_and_e_min_from_the_exact_model() -> None:
     # identical seeds: the bootstrap interval collapses onto the estimate
     assert fit.b_crit_ci is not None
     assert fit.b_crit_ci.lo == pytest.approx(64.0) and fit.b_crit_ci.hi == pytest.approx(64.0)
+    assert not fit.extrapolated and fit.caveat() == ""  # 64 lies inside 8..512
     # at B_crit: twice S_min steps and twice E_min samples
     assert fit.steps_at(fit.b_crit) == pytest.approx(2 * S_MIN)
     assert fit.samples_at(fit.b_crit) == pytest.approx(2 * E_MIN)
@@ -174,7 +175,7 @@ def test_errors_are_one_line_and_never_numbers() -> None:
     only_one = [linear_trial(8, 50.0)] + [
         trial(b, (ev(0, 0, b, 0.1), ev(1, 10, b, 0.2))) for b in BATCHES[1:]
     ]
-    with pytest.raises(CriticalBatchError, match="need at least 2"):
+    with pytest.raises(CriticalBatchError, match="only batch size 8 reaches.*need at least 2"):
         critical_batch_size(only_one, Target(metric="val_acc", value=0.9, fraction=None))
     growing = [linear_trial(b, 10.0 * b) for b in BATCHES]  # more steps at larger batches
     with pytest.raises(CriticalBatchError, match="fit did not converge") as err:
@@ -183,6 +184,35 @@ def test_errors_are_one_line_and_never_numbers() -> None:
     assert isinstance(err.value, BatchlabError) and isinstance(err.value, ValueError)
     with pytest.raises(CriticalBatchError, match="METRIC=VALUE"):
         Target.parse("accuracy=0.9")
+
+
+def test_a_b_crit_outside_the_fitted_batch_sizes_is_flagged_as_an_extrapolation() -> None:
+    target = Target(metric="val_acc", value=0.9, fraction=None)
+    small = [linear_trial(b, model_steps(b)) for b in (8, 16, 32)]  # true B_crit 64 > 32
+    fit = critical_batch_size(small, target, n_boot=0)
+    assert fit.b_crit == pytest.approx(64.0, rel=1e-6) and fit.extrapolated
+    assert fit.caveat().startswith("B_crit is above the largest batch size fitted (32)")
+    assert fit.to_dict()["extrapolated"] is True
+    large = [linear_trial(b, model_steps(b)) for b in (128, 256, 512)]
+    fit = critical_batch_size(large, target, n_boot=0)
+    assert fit.extrapolated and "below the smallest batch size fitted (128)" in fit.caveat()
+
+
+def test_no_fit_messages_say_what_is_missing() -> None:
+    target = Target(metric="val_acc", value=0.9, fraction=None)
+    one_size = [linear_trial(64, model_steps(64), seed=s) for s in (0, 1)]
+    with pytest.raises(CriticalBatchError, match=r"one batch size \(64\).*add batch sizes"):
+        critical_batch_size(one_size, target)
+    # Perfect scaling (S = E_min / B, S_min = 0 minus a little): B_crit is above the range.
+    linear = [linear_trial(b, 6400.0 / b - 1.0) for b in (8, 16, 32)]
+    with pytest.raises(CriticalBatchError, match="fit did not converge") as err:
+        critical_batch_size(linear, target)
+    assert "B_crit is probably above 32: add larger batch sizes" in str(err.value)
+    # Steps that grow with B: E_min < 0, B_crit below the smallest batch size.
+    growing = [linear_trial(b, 10.0 * b) for b in (8, 16, 32)]
+    with pytest.raises(CriticalBatchError, match="probably below 8") as err:
+        critical_batch_size(growing, target)
+    assert "\n" not in str(err.value)
 
 
 def test_target_parse() -> None:

@@ -98,4 +98,5 @@ def test_usable_band_shrinks_with_batch_size(make_spec: SpecFactory, store_path:
     study = batchlab.run_study(spec, store=store_path)
     small, large = bands(cells(study.trials))
     assert small.usable >= large.usable >= 1
+    assert large.width_decades <= small.width_decades  # no wider, in decades of lr
     assert large.hi is not None and small.hi is not None and large.hi <= small.hi

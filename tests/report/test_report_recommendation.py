@@ -91,6 +91,9 @@ def test_critical_batch_size_and_noise_scale_in_the_first_section(tmp_path: Path
     assert rec["critical_reason"] == ""
     per = rec["noise_scale"]["per_batch_size"]
     assert per == {str(b): pytest.approx(statistics.median([300.0 + 10 * b, 300.0])) for b in SIZES}
+    ratio = rec["noise_scale"]["overall"] / crit["b_crit"]
+    assert rec["noise_to_critical"] == pytest.approx(ratio)
+    assert any(line.strip().startswith(f"B_simple / B_crit = {ratio:.2g}") for line in rec["lines"])
     html = (tmp_path / "index.html").read_text(encoding="utf-8")
     assert "Critical batch size: B_crit = E_min / S_min = 64" in html
 

@@ -232,6 +232,26 @@ class CriticalFit:
     def b_crit(self) -> float:
         return self.e_min / self.s_min
 
+    @property
+    def extrapolated(self) -> bool:
+        """B_crit lies outside the batch sizes fitted: the fit extrapolates, not measures, it."""
+        return not self.points[0].batch_size <= self.b_crit <= self.points[-1].batch_size
+
+    def caveat(self) -> str:
+        """One sentence when B_crit is extrapolated (outside the fitted batch sizes), else ""."""
+        lo, hi = self.points[0].batch_size, self.points[-1].batch_size
+        if self.b_crit > hi:
+            return (
+                f"B_crit is above the largest batch size fitted ({hi}): an extrapolation, read"
+                f" it as 'more than {hi}'; add larger batch sizes to measure it."
+            )
+        if self.b_crit < lo:
+            return (
+                f"B_crit is below the smallest batch size fitted ({lo}): an extrapolation, read"
+                f" it as 'less than {lo}'; add smaller batch sizes to measure it."
+            )
+        return ""
+
     def steps_at(self, batch_size: float) -> float:
         return self.s_min + self.e_min / batch_size
 
@@ -250,6 +270,8 @@ class CriticalFit:
             "s_min": self.s_min,
             "e_min": self.e_min,
             "b_crit": self.b_crit,
+            "extrapolated": self.extrapolated,
+            "caveat": self.caveat(),
             "r2": self.r2,
             "s_min_ci95": iv(self.s_min_ci),
             "e_min_ci95": iv(self.e_min_ci),
@@ -364,23 +386,26 @@ def critical_batch_size(
     where = f"target {target.describe()} (= {threshold:.4g})"
     if not any(r.reached for r in all_reaches):
         raise CriticalBatchError(f"critical batch size: no trial ever reached the {where}")
+    batch_sizes = sorted({t.batch_size for t in chosen})
+    if len(batch_sizes) < 2:
+        raise CriticalBatchError(
+            f"critical batch size: the study has one batch size ({batch_sizes[0]}); the fit needs"
+            " steps to target at 2 or more: add batch sizes"
+        )
     cells = _cells(chosen, reaches)
     points = _best_points(cells)
-    batch_sizes = sorted({t.batch_size for t in chosen})
     unreached = tuple(b for b in batch_sizes if b not in {p.batch_size for p in points})
     if len(points) < 2:
-        got = [p.batch_size for p in points]
+        got = (
+            f"only batch size {points[0].batch_size} reaches" if points else "no batch size reaches"
+        )
         raise CriticalBatchError(
-            f"critical batch size: only batch sizes {got} reach the {where} with every seed;"
+            f"critical batch size: {got} the {where} with every seed;"
             " need at least 2 (lower the target or train longer)"
         )
     s_min, e_min, r2 = fit_steps([p.batch_size for p in points], [p.steps for p in points])
     if not (s_min > 0 and e_min > 0):
-        raise CriticalBatchError(
-            "fit did not converge / data not consistent with the model S(B) = S_min + E_min/B:"
-            f" S_min = {s_min:.4g}, E_min = {e_min:.4g} (need both > 0; steps to target should"
-            " fall as the batch grows, and level off)"
-        )
+        raise CriticalBatchError(_no_fit_reason(s_min, e_min, points))
     fit = CriticalFit(
         target=target,
         threshold=threshold,
@@ -393,6 +418,26 @@ def critical_batch_size(
         r2=r2,
     )
     return _bootstrap(fit, cells, n_boot=n_boot, seed=seed)
+
+
+def _no_fit_reason(s_min: float, e_min: float, points: Sequence[BatchPoint]) -> str:
+    """Why a fit with S_min <= 0 or E_min <= 0 gives no B_crit, and what would resolve it."""
+    lo, hi = points[0].batch_size, points[-1].batch_size
+    if e_min > 0:  # steps fall like 1 / B all the way: no levelling off within the range
+        hint = (
+            f"steps to target still fall like 1/B up to the largest batch size reached ({hi}),"
+            f" so B_crit is probably above {hi}: add larger batch sizes"
+        )
+    else:  # steps do not fall as the batch grows
+        hint = (
+            f"steps to target do not fall as the batch grows from {lo}, so B_crit is probably"
+            f" below {lo} (or the lrs are not tuned per batch size): add smaller batch sizes"
+            " or more lrs"
+        )
+    return (
+        "fit did not converge / data not consistent with the model S(B) = S_min + E_min/B:"
+        f" S_min = {s_min:.4g}, E_min = {e_min:.4g} (need both > 0); {hint}"
+    )
 
 
 def _bootstrap(fit: CriticalFit, cells: Sequence[_Cell], *, n_boot: int, seed: int) -> CriticalFit:

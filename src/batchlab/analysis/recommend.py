@@ -123,10 +123,18 @@ class Recommendation:
             "critical": None if self.critical is None else self.critical.to_dict(),
             "critical_reason": self.critical_reason,
             "noise_scale": None if self.noise is None else self.noise.to_dict(),
+            "noise_to_critical": self.noise_to_critical,
             "pareto": [asdict(c) for c in self.pareto],
             "excluded_cells": self.excluded,
             "assumptions": list(self.assumptions),
         }
+
+    @property
+    def noise_to_critical(self) -> float | None:
+        """B_simple (overall) / B_crit, when both were measured."""
+        if self.noise is None or self.critical is None or not math.isfinite(self.noise.overall):
+            return None
+        return self.noise.overall / self.critical.b_crit
 
     def parts(self) -> list[tuple[str, list[str]]]:
         """The recommendation as (topic, sentences) pairs, in reading order.
@@ -186,6 +194,7 @@ class Recommendation:
                         f"Critical batch size: B_crit = E_min / S_min = {c.b_crit:.3g}{ci}"
                         f" (S_min = {c.s_min:.4g} steps, E_min = {c.e_min:.4g} samples,"
                         f" {len(c.points)} batch sizes, R² = {c.r2:.3f}).",
+                        *([c.caveat()] if c.caveat() else []),
                         "Below B_crit doubling the batch nearly halves the steps; above it,"
                         " larger batches mostly cost more samples.",
                     ],
@@ -193,16 +202,18 @@ class Recommendation:
             )
         if self.noise is not None:
             per = ", ".join(f"B={k}: {v:.3g}" for k, v in self.noise.per_batch.items())
-            out.append(
-                (
-                    "noise",
-                    [
-                        "Gradient noise scale B_simple (median, last"
-                        f" {100 * self.noise.late_fraction:.0f}% of training):"
-                        f" {self.noise.overall:.3g} overall ({per})."
-                    ],
+            noise = [
+                "Gradient noise scale B_simple (median, last"
+                f" {100 * self.noise.late_fraction:.0f}% of training):"
+                f" {self.noise.overall:.3g} overall ({per})."
+            ]
+            ratio = self.noise_to_critical
+            if ratio is not None:
+                noise.append(
+                    f"B_simple / B_crit = {ratio:.2g}: {_order_of_magnitude(ratio)}"
+                    " (McCandlish et al.: B_simple predicts B_crit in order of magnitude)."
                 )
-            )
+            out.append(("noise", noise))
         front = "; ".join(
             f"B={c.batch_size}, lr={c.lr:.3g}: {c.train_time_s:.3g} s, {100 * c.test_acc:.2f}%"
             for c in self.pareto
@@ -221,6 +232,13 @@ class Recommendation:
             for _, sentences in self.parts()
             for i, line in enumerate(sentences)
         ]
+
+
+def _order_of_magnitude(ratio: float) -> str:
+    """Whether B_simple and B_crit agree within a factor 10 (McCandlish et al.'s claim)."""
+    if 0.1 <= ratio <= 10:
+        return "within a factor 10, the agreement the model predicts"
+    return "more than a factor 10 apart, not the agreement the model predicts"
 
 
 def _pct(mean: float, std: float) -> str:
