@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import pytest
 from pydantic import BaseModel, Field
 
+from batchlab import presets
 from batchlab.docs import (
     constraints,
     default_text,
@@ -102,33 +103,28 @@ def test_nested_models_and_the_page() -> None:
             assert f"| `{name}` |" in page
 
 
-def _hook(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "docs" / "hooks" / f"{name}.py")
+def _make_figures() -> ModuleType:
+    """docs/make_figures.py, which is a script, not a module of the package."""
+    path = ROOT / "docs" / "make_figures.py"
+    spec = importlib.util.spec_from_file_location("make_figures", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_nav_leaves_out_missing_pages_and_keeps_the_rest(tmp_path: Path) -> None:
-    (tmp_path / "a.md").write_text("# A\n", encoding="utf-8")
-    prune = _hook("pages")._prune
-    nav = [
-        {"A": "a.md"},
-        {"Missing": "missing.md"},
-        {"Group": [{"Gone": "gone.md"}]},
-        {"Mixed": [{"A again": "a.md"}, {"Gone": "gone.md"}]},
-        {"Spec": "spec.md"},  # generated, so it has no file
-        {"Site": "https://example.org/x.md"},
-        "a.md",
-    ]
-    assert prune(nav, tmp_path) == [
-        {"A": "a.md"},
-        {"Mixed": [{"A again": "a.md"}]},
-        {"Spec": "spec.md"},
-        {"Site": "https://example.org/x.md"},
-        "a.md",
-    ]
+def test_every_study_design_has_its_figure_on_a_page() -> None:
+    figures: dict[str, Any] = _make_figures().FIGURES
+    # seed-sweep is the full-size quick preset: the quick figure (on the home page) shows it
+    assert set(figures) == set(presets.names()) - {"seed-sweep"}
+    pages = {p.name: p.read_text(encoding="utf-8") for p in (ROOT / "docs").glob("*.md")}
+    for preset in figures:
+        png = f"figures/{preset}.png"
+        assert (ROOT / "docs" / png).is_file(), f"run: python docs/make_figures.py {preset}"
+        page = "index.md" if preset == "quick" else "designs.md"
+        assert f"]({png})" in pages[page], f"{png} is not shown in docs/{page}"
+        if preset != "quick":
+            assert f"(`{preset}`)" in pages["designs.md"]  # the design's section heading
 
 
 @pytest.mark.slow
@@ -154,5 +150,20 @@ def test_site_builds_in_strict_mode(tmp_path: Path) -> None:
     for png in re.findall(r'src="\.\./(figures/[\w-]+\.png)"', designs):
         assert (site / png).is_file()
     assert "figures/budget-controls.png" in designs
+    # every nav entry is a built page (mkdocs.yml: a nav entry without its page fails --strict)
+    config = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    nav = re.findall(r"^  - [^:\n]+: (\S+\.md)$", config.split("\nnav:\n", 1)[1], flags=re.M)
+    assert len(nav) >= 12 and {"spec.md", "probes.md", "ray.md"} <= set(nav)
+    for page in nav:
+        built = site / ("index.html" if page == "index.md" else f"{page[:-3]}/index.html")
+        assert built.is_file(), page
+    # the probes with their formulas, performance with its measurements, Ray
+    probes = (site / "probes" / "index.html").read_text(encoding="utf-8")
+    assert "B_simple = tr(Sigma) / |G|^2" in probes
+    assert "|G|^2     ≈ (B |G_B|^2 - b |G_b|^2) / (B - b)" in probes
+    performance = (site / "performance" / "index.html").read_text(encoding="utf-8")
+    assert performance.count("<table>") >= 4 and "samples/s" in performance
+    ray = (site / "ray" / "index.html").read_text(encoding="utf-8")
+    assert "--executor ray" in ray and "num_cpus=1" in ray
     # sources that are not pages stay out of the site
     assert not (site / "hooks").exists() and not (site / "make_figures.py").exists()

@@ -23,3 +23,21 @@ def test_readme_python_block_runs(
     namespace: dict[str, object] = {}
     exec(compile(code, str(README), "exec"), namespace)
     assert namespace  # the block ran to the end
+
+
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's heading anchors: lowercased, punctuation dropped, spaces as hyphens."""
+    headings = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", markdown, flags=re.S), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def test_readme_links_point_to_files_and_headings_that_exist() -> None:
+    text = README.read_text(encoding="utf-8")
+    links = [t for t in re.findall(r"\]\(([^)\s]+)\)", text) if "://" not in t]
+    assert "docs/getting-started.md" in links and "docs/index.md" in links
+    for link in links:
+        path, _, anchor = link.partition("#")
+        target = README.parent / path if path else README
+        assert target.is_file(), f"README links to missing {path}"
+        if anchor:
+            assert anchor in _anchors(target.read_text(encoding="utf-8")), link

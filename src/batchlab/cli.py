@@ -532,66 +532,103 @@ def _int_list(text: str) -> list[int]:
 
 
 @cli.command("profile")
-@click.option("--model", default="mlp", show_default=True, help="mlp, cnn or package.module:fn.")
-@click.option("--dataset", default="synthetic", show_default=True)
-@click.option("--model-args", default="{}", metavar="JSON", help="e.g. '{\"widths\": [64]}'")
-@click.option("--dataset-args", default="{}", metavar="JSON")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 or auto.")
+@click.option(
+    "--study",
+    "study_name",
+    metavar="NAME",
+    help="Profile a stored study's model on its data (and show it in its report).",
+)
+@click.option("--model", help="mlp, cnn or package.module:fn.  [default: mlp]")
+@click.option("--dataset", help="e.g. fashion-mnist, mnist1d.  [default: synthetic]")
+@click.option("--model-args", metavar="JSON", help="e.g. '{\"widths\": [64]}'")
+@click.option("--dataset-args", metavar="JSON")
+@click.option("--device", help="cpu, cuda, cuda:1 or auto.  [default: the study's, else cpu]")
 @click.option(
     "--batch-sizes",
-    default="8,16,32,64,128,256,512,1024",
-    show_default=True,
-    help="Comma-separated batch sizes to time.",
+    help="Comma-separated batch sizes to time.  [default: the study's, else 8,16,...,1024]",
 )
 @click.option("--margin", default=0.2, show_default=True, help="Memory safety margin (fraction).")
 @click.option("--memory-cap", type=float, help="CPU memory cap in GiB (default: half of free).")
 @click.option("--threads", type=int, help="CPU threads for torch (default: torch's own).")
+@STORE_OPTION
+@click.option("--no-save", is_flag=True, help="Do not store the profile.")
 @click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")
 def profile_cmd(
-    model: str,
-    dataset: str,
-    model_args: str,
-    dataset_args: str,
-    device: str,
-    batch_sizes: str,
+    study_name: str | None,
+    model: str | None,
+    dataset: str | None,
+    model_args: str | None,
+    dataset_args: str | None,
+    device: str | None,
+    batch_sizes: str | None,
     margin: float,
     memory_cap: float | None,
     threads: int | None,
+    store: Path,
+    no_save: bool,
     as_json: bool,
 ) -> None:
     """Throughput, peak memory and fraction of the matmul peak per batch size; where
-    throughput stops improving; and the largest batch that fits with a safety margin."""
+    throughput stops improving; and the largest batch that fits with a safety margin.
+
+    The profile is stored (in --store, unless --no-save), and the report of every study of the
+    same model on the same data shows the newest one.
+    """
     from torch import set_num_threads as torch_threads
 
-    from batchlab.profile import profile_hardware
+    from batchlab.profile import DEFAULT_BATCH_SIZES, profile_hardware
+    from batchlab.store import Store, profile_subject
 
-    def parse(text: str, flag: str) -> dict[str, Any]:
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise SpecError(f"{flag}: not valid JSON ({err.msg})") from None
-        if not isinstance(value, dict):
-            raise SpecError(f'{flag}: need a JSON object, e.g. {{"widths": [64]}}')
-        return value
-
+    base: dict[str, Any] = {"model": "mlp", "dataset": "synthetic", "device": "cpu"}
+    base |= {"model_args": {}, "dataset_args": {}, "batch_sizes": list(DEFAULT_BATCH_SIZES)}
+    if study_name is not None:
+        spec = load_study(study_name, store=store).spec
+        base = {
+            "model": spec.model,
+            "dataset": spec.dataset,
+            "device": spec.device,
+            "model_args": spec.model_args,
+            "dataset_args": spec.dataset_args,
+            "batch_sizes": list(spec.batch_sizes),
+        }
+    given = {
+        "model": model,
+        "dataset": dataset,
+        "device": device,
+        "model_args": None if model_args is None else _json_object(model_args, "--model-args"),
+        "dataset_args": (
+            None if dataset_args is None else _json_object(dataset_args, "--dataset-args")
+        ),
+        "batch_sizes": None if batch_sizes is None else _int_list(batch_sizes),
+    }
+    what = base | {k: v for k, v in given.items() if v is not None}
     if threads is not None:
         if threads <= 0:
             raise SpecError(f"--threads {threads}: need a positive number")
         torch_threads(threads)
     prof = profile_hardware(
-        model=model,
-        dataset=dataset,
-        model_args=parse(model_args, "--model-args"),
-        dataset_args=parse(dataset_args, "--dataset-args"),
-        device=device,
-        batch_sizes=_int_list(batch_sizes),
+        model=what["model"],
+        dataset=what["dataset"],
+        model_args=what["model_args"],
+        dataset_args=what["dataset_args"],
+        device=what["device"],
+        batch_sizes=what["batch_sizes"],
         margin=margin,
         memory_cap_bytes=None if memory_cap is None else int(memory_cap * 2**30),
     )
+    if not no_save:
+        subject = profile_subject(
+            model=what["model"],
+            model_args=what["model_args"],
+            dataset=what["dataset"],
+            dataset_args=what["dataset_args"],
+        )
+        with Store(store) as s:
+            s.put_profile(subject, prof.device, prof.to_dict())
     if as_json:
         click.echo(json.dumps(prof.to_dict(), indent=1))
         return
-    table = Table(title=f"profile: {model} on {dataset} ({prof.device})")
+    table = Table(title=f"profile: {what['model']} on {what['dataset']} ({prof.device})")
     for col in ("batch size", "samples/s", "step (ms)", "peak mem (MiB)", "GFLOP/s", "of peak"):
         table.add_column(col, justify="right")
     for r in prof.rows:
@@ -607,6 +644,8 @@ def profile_cmd(
     console.print(table)
     for line in prof.lines():
         console.print(line, markup=False, highlight=False)
+    if not no_save:
+        console.print(f"stored in {store}", markup=False, highlight=False)
 
 
 def _json_object(text: str, flag: str) -> dict[str, Any]:

@@ -87,7 +87,26 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     eval_idx INTEGER NOT NULL,
     payload BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS profiles (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at REAL NOT NULL,
+    subject TEXT NOT NULL,
+    device TEXT NOT NULL,
+    profile_json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS profiles_by_subject ON profiles(subject, created_at);
 """
+
+
+def profile_subject(
+    *, model: str, model_args: dict[str, Any], dataset: str, dataset_args: dict[str, Any]
+) -> str:
+    """What a hardware profile measured, as a key: the model and the data's shape-defining
+    source (a study trains the same network on the same inputs when these match)."""
+    return json.dumps(
+        {"model": model, "model_args": model_args, "dataset": dataset, "args": dataset_args},
+        sort_keys=True,
+    )
 
 
 class ClaimLost(Exception):
@@ -457,6 +476,28 @@ class Store:
                 " (SELECT trial_id FROM trials WHERE study = ?)"
                 " ORDER BY trial_id, step, probe, key",
                 (study,),
+            )
+        ]
+
+    # ---- hardware profiles ---------------------------------------------------------------------
+    def put_profile(self, subject: str, device: str, profile: dict[str, Any]) -> int:
+        """Store a hardware profile (`batchlab profile`) of `subject` (`profile_subject`)."""
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO profiles(created_at, subject, device, profile_json)"
+                " VALUES (?, ?, ?, ?)",
+                (time.time(), subject, device, json.dumps(profile, sort_keys=True)),
+            )
+            return int(cur.lastrowid or 0)
+
+    def profiles(self, subject: str) -> list[tuple[float, str, dict[str, Any]]]:
+        """(created_at, device, profile) of every profile of `subject`, newest first."""
+        return [
+            (r[0], r[1], json.loads(r[2]))
+            for r in self._db.execute(
+                "SELECT created_at, device, profile_json FROM profiles WHERE subject = ?"
+                " ORDER BY created_at DESC, id DESC",
+                (subject,),
             )
         ]
 

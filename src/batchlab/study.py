@@ -38,7 +38,7 @@ from batchlab.executor import check_executor, run_trials
 from batchlab.models import build_model
 from batchlab.probes import ProbeRecord
 from batchlab.spec import StudySpec, TrialSpec, load_spec, spec_from_dict
-from batchlab.store import Store
+from batchlab.store import Store, profile_subject
 from batchlab.trial import EvalRecord, FrozenTrial, TrialState
 
 if TYPE_CHECKING:
@@ -130,6 +130,18 @@ class Study:
             )
         columns = ["study", "trial_id", "batch_size", "lr", "seed", "variant", "step", "probe"]
         return pd.DataFrame(out, columns=[*columns, "key", "value"])
+
+    def hardware_profiles(self) -> list[tuple[float, str, dict[str, Any]]]:
+        """Stored `batchlab profile` results of this study's model on its data, newest first:
+        (created_at, device, profile as `HardwareProfile.to_dict()`)."""
+        subject = profile_subject(
+            model=self.spec.model,
+            model_args=self.spec.model_args,
+            dataset=self.spec.dataset,
+            dataset_args=self.spec.dataset_args,
+        )
+        with Store.open_existing(self.store) as s:
+            return s.profiles(subject)
 
     def weights(self, trial_id: str) -> dict[str, torch.Tensor]:
         """A finished trial's final weights (a state dict), for interpolation and sharpness."""

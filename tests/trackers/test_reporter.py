@@ -10,6 +10,7 @@ import pytest
 
 from batchlab import TrialState, load_study, run_study
 from batchlab.cli import main
+from batchlab.errors import BatchlabError
 from batchlab.probes import ProbeRecord
 from batchlab.spec import StudySpec
 from batchlab.trackers import (
@@ -148,6 +149,23 @@ def test_a_missing_extra_is_one_line_exit_2_store_untouched(
     assert exit_info.value.code == 2
     assert err.count("\n") == 0 and f"pip install 'batchlab[{name}]'" in err
     assert not store.exists()
+
+
+@pytest.mark.parametrize("name", sorted(TRACKERS))
+def test_a_missing_extra_from_python_is_the_same_one_line_error(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tracker = TRACKERS[name].from_destination(str(tmp_path / "dest"))
+    monkeypatch.setitem(sys.modules, TRACKERS[name].package, None)  # as if not installed
+    store = tmp_path / "r.db"
+    with pytest.raises(BatchlabError) as err:
+        run_study(tracked_spec(), store=store, trackers=[tracker])
+    message = str(err.value)
+    assert message == (
+        f"trackers: {type(tracker).__name__}: the {TRACKERS[name].package} package is not"
+        f" installed; pip install 'batchlab[{name}]'"
+    )
+    assert not store.exists()  # refused before the study ran
 
 
 def test_an_unknown_tracker_names_the_valid_ones() -> None:

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from batchlab.errors import BatchlabError
 from batchlab.trial import FrozenTrial
@@ -66,3 +66,11 @@ class ProbeSource(Protocol):
     """
 
     def probes_dataframe(self) -> pd.DataFrame: ...
+
+
+@runtime_checkable
+class ProfileSource(Protocol):
+    """Optional: a study whose store holds hardware profiles of its model (`batchlab profile`);
+    (created_at, device, profile dict) newest first. The hardware figure needs it."""
+
+    def hardware_profiles(self) -> list[tuple[float, str, dict[str, Any]]]: ...

@@ -10,7 +10,6 @@ export's names at their training step. See docs/integrations.md.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
 
 from batchlab.errors import BatchlabError
@@ -18,6 +17,7 @@ from batchlab.trackers.base import (
     EVAL_METRICS,
     Tracker,
     TrackerWarning,
+    check_installed,
     flat_params,
     metric_steps,
     trial_label,
@@ -32,14 +32,6 @@ TRACKERS: dict[str, type[Tracker]] = {
     cls.name: cls for cls in (MlflowTracker, TensorBoardTracker, WandbTracker)
 }
 """Every tracker by its `--log` name."""
-
-
-def check_installed(cls: type[Tracker]) -> None:
-    """Raise a one-line BatchlabError when the tracker's package (its extra) is missing."""
-    if importlib.util.find_spec(cls.package) is None:
-        raise BatchlabError(
-            f"--log {cls.name}: the {cls.package} package is not installed; {cls.install_hint()}"
-        )
 
 
 def make_tracker(value: str) -> Tracker:

@@ -8,12 +8,14 @@ each with its step). Names are the export's: the evaluation columns of `batchlab
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
+from batchlab.errors import BatchlabError
 from batchlab.probes import ProbeRecord
 from batchlab.spec import StudySpec
 from batchlab.trial import EvalRecord, FrozenTrial
@@ -58,6 +60,18 @@ class Tracker(ABC):
 
     def close(self) -> None:  # noqa: B027 (optional hook)
         """The study is over: flush and release what the tracker holds (default: nothing)."""
+
+
+def check_installed(cls: type[Tracker], what: str | None = None) -> None:
+    """Raise a one-line BatchlabError when the tracker's package (its extra) is missing.
+
+    `what` starts the message (default `--log NAME`, as the CLI spells the tracker).
+    """
+    if importlib.util.find_spec(cls.package) is None:
+        raise BatchlabError(
+            f"{what or f'--log {cls.name}'}: the {cls.package} package is not installed;"
+            f" {cls.install_hint()}"
+        )
 
 
 def trial_label(trial: FrozenTrial) -> str:

@@ -18,7 +18,7 @@ from batchlab.engine import Progress
 from batchlab.probes import ProbeRecord
 from batchlab.spec import StudySpec, TrialSpec
 from batchlab.store import Store
-from batchlab.trackers.base import Tracker, TrackerWarning
+from batchlab.trackers.base import Tracker, TrackerWarning, check_installed
 from batchlab.trial import FrozenTrial, TrialState
 
 if TYPE_CHECKING:
@@ -28,9 +28,15 @@ MAX_FAILURES = 3
 
 
 class _Guard:
-    """Calls into trackers, turning their exceptions into warnings and dropping broken ones."""
+    """Calls into trackers, turning their exceptions into warnings and dropping broken ones.
+
+    A tracker whose package is missing is refused here, before anything runs, with the one-line
+    pip hint (not three warnings and a study that ran untracked).
+    """
 
     def __init__(self, trackers: Sequence[Tracker]) -> None:
+        for tracker in trackers:
+            check_installed(type(tracker), what=f"trackers: {type(tracker).__name__}")
         self.trackers = list(trackers)
         self._failures = dict.fromkeys(range(len(self.trackers)), 0)
 

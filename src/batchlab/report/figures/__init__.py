@@ -2,7 +2,8 @@
 
 `STUDY_FIGURES` need only the trials of an equal-budget sweep; `DESIGN_FIGURES` show study
 designs (an lr grid, control runs, variants, schedules), `PROBE_FIGURES` probe records and
-`ANALYSIS_FIGURES` fits over the study (the critical batch size). A
+`ANALYSIS_FIGURES` fits over the study (the critical batch size) and the hardware profile
+of its model. A
 figure whose data a study lacks is left out of its report.
 """
 
@@ -21,6 +22,7 @@ from batchlab.report.figures import (
     designs_stability,
     designs_variants,
     gap,
+    hardware,
     heatmap,
     parallel,
     probes_distance,
@@ -51,7 +53,7 @@ PROBE_FIGURES: tuple[Figure[Any], ...] = (
     probes_distance.FIGURE,
     probes_histograms.FIGURE,
 )
-ANALYSIS_FIGURES: tuple[Figure[Any], ...] = (critical.FIGURE,)
+ANALYSIS_FIGURES: tuple[Figure[Any], ...] = (critical.FIGURE, hardware.FIGURE)
 DEFAULT_FIGURES: tuple[Figure[Any], ...] = (
     STUDY_FIGURES + DESIGN_FIGURES + PROBE_FIGURES + ANALYSIS_FIGURES
 )

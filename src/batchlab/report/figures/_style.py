@@ -114,5 +114,5 @@ def mpl_axes(ax: Axes) -> None:
 def mpl_log(axis: Axis) -> None:
     """Log scale with plain tick labels at 1, 2, 5 × 10^k (no 3×10⁻¹ style labels)."""
     axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: _tick_text(v)))
     axis.set_minor_formatter(NullFormatter())
