@@ -265,7 +265,7 @@ def test_adaptive_is_an_execution_setting(make_spec: SpecFactory) -> None:
 @pytest.mark.parametrize(
     ("overrides", "needle"),
     [
-        ({"budget": {"seconds": 5}}, "adaptive: rungs are fractions of planned steps"),
+        ({"budget": {"seconds": 5}}, "field 'adaptive': rungs are fractions of planned steps"),
         ({"val_fraction": 0.0}, "set val_fraction > 0"),
         ({"adaptive": {"etaa": 2}}, "unknown key 'adaptive.etaa'; did you mean 'eta'?"),
         ({"adaptive": {"eta": 1}}, "adaptive.eta"),

@@ -52,7 +52,7 @@ def reference_step(
 def max_rel_diff(a: nn.Module, b: nn.Module) -> float:
     return max(
         float((p - q).abs().max() / p.abs().max().clamp_min(1e-12))
-        for p, q in zip(a.parameters(), b.parameters(), strict=True)
+        for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
     )
 
 

@@ -27,6 +27,7 @@ from batchlab.errors import StoreError
 from batchlab.probes import ProbeRecord
 from batchlab.trial import EvalRecord, FrozenTrial, TrialState
 
+BUSY_TIMEOUT_S = 30.0  # how long a write waits for another process's write to finish
 SCHEMA_VERSION = 2  # 2: trials.owner and trials.heartbeat_at (claims); version 1 migrates
 LEASE_S = 60.0
 """A claim whose owner runs on another host lapses when its heartbeat is older than this."""
@@ -163,11 +164,22 @@ class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         try:
-            self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            # Switching a new file to WAL needs the file to itself, and SQLite answers "locked"
+            # at once, without waiting, while another process opens it too: retry for a while.
+            deadline = time.monotonic() + BUSY_TIMEOUT_S
+            while True:
+                try:
+                    self._db.execute("PRAGMA journal_mode=WAL")
+                    break
+                except sqlite3.OperationalError as err:
+                    if "locked" not in str(err) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(_SCHEMA)
+            # In one write transaction, which waits for other writers (busy timeout).
+            self._db.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA}\nCOMMIT;")
             self._migrate()
         except sqlite3.DatabaseError as err:
             raise StoreError(

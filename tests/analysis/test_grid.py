@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,13 @@ from batchlab.trial import EvalRecord, FrozenTrial, TrialState
 SpecFactory = Callable[..., dict[str, Any]]
 
 
-def ev(idx: int, full_train_loss: float, val_acc: float = 0.5, test_acc: float = 0.5) -> EvalRecord:
+def ev(
+    idx: int,
+    full_train_loss: float,
+    val_acc: float = 0.5,
+    test_acc: float = 0.5,
+    full_train_acc: float = math.nan,
+) -> EvalRecord:
     return EvalRecord(
         idx=idx,
         epoch=float(idx),
@@ -28,6 +35,7 @@ def ev(idx: int, full_train_loss: float, val_acc: float = 0.5, test_acc: float =
         test_loss=1.0,
         test_acc=test_acc,
         full_train_loss=full_train_loss,
+        full_train_acc=full_train_acc,
         train_time_s=0.0,
         eval_time_s=0.0,
         samples_per_s=math.nan,
@@ -61,6 +69,11 @@ def test_classify_follows_the_stated_rule() -> None:
     assert classify(tr(8, 0.1, TrialState.COMPLETE)) == "converged"
     assert classify(tr(8, 0.1, TrialState.COMPLETE, (2.0, 2.5))) == "unstable"
     assert classify(tr(8, 0.1, TrialState.COMPLETE, (2.0, math.nan))) == "unstable"
+    collapsed = tr(8, 0.1, TrialState.COMPLETE)  # loss fell, accuracy stayed near chance
+    evals = (ev(0, 2.32, full_train_acc=0.083), ev(1, 2.305, full_train_acc=0.112))
+    assert classify(replace(collapsed, evals=evals)) == "unstable"
+    learned = (ev(0, 2.32, full_train_acc=0.083), ev(1, 2.2, full_train_acc=0.17))
+    assert classify(replace(collapsed, evals=learned)) == "converged"
     assert classify(tr(8, 0.1, TrialState.DIVERGED)) == "diverged"
     assert classify(tr(8, 0.1, TrialState.FAILED)) == "failed"
 

@@ -1,11 +1,13 @@
 """The learning-rate x batch-size stability grid of Masters & Luschi (seed 002).
 
 The rule, per trial: DIVERGED (a non-finite loss) is "diverged"; FAILED is "failed"; a finished
-trial whose final full-training-set loss is not below its initial one (or is not finite) is
-"unstable"; anything else is "converged". A cell (variant, batch size, lr) takes the worst status
-over its seeds. The usable band at a batch size is the range of lrs whose cells converged; the
-best lr is the converged one with the highest mean validation accuracy (test accuracy is
-reported, not used to choose).
+trial whose final full-training-set loss is not below its initial one (or is not finite), or
+whose final full-training-set accuracy is less than `MIN_ACC_GAIN` (5 points) above its initial
+one (a collapse to a near-constant prediction, whose loss can still fall a little below a poor
+initial one), is "unstable"; anything else is "converged". A cell (variant, batch size, lr)
+takes the worst status over its seeds. The usable band at a batch size is the range of lrs
+whose cells converged; the best lr is the converged one with the highest mean validation
+accuracy (test accuracy is reported, not used to choose).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from batchlab.trial import FrozenTrial, TrialState
 
 Status = Literal["converged", "unstable", "diverged", "failed", "pending"]
 _WORST: list[Status] = ["failed", "diverged", "unstable", "pending", "converged"]
+MIN_ACC_GAIN = 0.05  # training accuracy a converged run must gain over its initialization
 
 
 def classify(trial: FrozenTrial) -> Status:
@@ -30,9 +33,13 @@ def classify(trial: FrozenTrial) -> Status:
         return "failed"
     if trial.state != TrialState.COMPLETE or not trial.evals:
         return "pending"
-    first, last = trial.evals[0].full_train_loss, trial.evals[-1].full_train_loss
-    if not math.isfinite(last) or (math.isfinite(first) and last >= first):
+    first, last = trial.evals[0], trial.evals[-1]
+    loss0, loss = first.full_train_loss, last.full_train_loss
+    if not math.isfinite(loss) or (math.isfinite(loss0) and loss >= loss0):
         return "unstable"
+    acc0, acc = first.full_train_acc, last.full_train_acc
+    if math.isfinite(acc0) and math.isfinite(acc) and acc < acc0 + MIN_ACC_GAIN:
+        return "unstable"  # learned next to nothing beyond the initial weights
     return "converged"
 
 
