@@ -23,7 +23,7 @@ example trained on or evaluated), divided by its wall time and by the measured f
 peak of this machine (`batchlab.profile.matmul_peak_flops`, same thread count).
 
     python benchmarks/study_speed.py [--epochs 2] [--batch-sizes 8 16 ... 2048]
-                                     [--train-subset N] [--repeats 1]
+                                     [--train-subset N] [--seeds 1] [--repeats 1]
 """
 
 from __future__ import annotations
@@ -67,6 +67,8 @@ def study_spec(args: argparse.Namespace, **extra: Any) -> StudySpec:
         sets.append(f"batch_sizes={list(args.batch_sizes)}")
     if args.train_subset:
         sets.append(f"train_subset={args.train_subset}")
+    if args.seeds > 1:
+        sets.append(f"seeds={list(range(args.seeds))}")
     spec = load_spec(base=presets.get("seed-sweep").data, overrides=sets)
     if extra:
         spec = load_spec(base={**spec.to_toml_dict(), **extra})
@@ -142,7 +144,8 @@ def plain(spec: StudySpec) -> Side:
                     correct += int((out.argmax(1) == yb).sum())
                     samples_evaluated += len(xb)
             eval_s += time.perf_counter() - t_eval
-        per_batch[trial.batch_size] = time.perf_counter() - t_trial
+        b = trial.batch_size
+        per_batch[b] = per_batch.get(b, 0.0) + time.perf_counter() - t_trial
     total = time.perf_counter() - t0
     return Side(
         total_s=total,
@@ -171,7 +174,7 @@ def batchlab_side(spec: StudySpec, workdir: Path) -> tuple[Side, Study]:
     for t in study.trials:
         assert t.state == "COMPLETE", f"trial at batch {t.batch_size} ended {t.state}"
         assert t.started_at is not None and t.ended_at is not None
-        per_batch[t.batch_size] = t.ended_at - t.started_at
+        per_batch[t.batch_size] = per_batch.get(t.batch_size, 0.0) + t.ended_at - t.started_at
         samples_trained += t.evals[-1].samples
         for e in t.evals:
             eval_s += e.eval_time_s
@@ -187,6 +190,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=None)
     parser.add_argument("--train-subset", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per batch size")
     args = parser.parse_args()
 
     workers_field = has_workers_field()
@@ -226,8 +230,8 @@ def main() -> None:
     for b in base.batch_sizes:
         cells = [statistics.median(s.per_batch_s[b] for s in sides[k]) for k in sides]
         print(f"{b:>6} {cells[0]:>10.2f} {cells[1]:>18.2f} {cells[2]:>17.2f}")
-    print("(batchlab per-batch times are each trial's start-to-end wall time; under a pool of")
-    print(" workers they overlap, so they do not add up to the total)")
+    print("(batchlab per-batch times are trials' start-to-end wall times, summed over seeds;")
+    print(" under a pool of workers they overlap, so they do not add up to the total)")
     print()
     print(
         f"{'side':<22} {'total (s)':>10} {'eval (s)':>9} {'GFLOP':>8} {'of peak':>8}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from batchlab.data import load_dataset
 from batchlab.engine import Checkpoint, train_trial
 from batchlab.fastpath import MLPStep
 from batchlab.models import CNN, MLP
+from batchlab.probes import ProbeRecord
 from batchlab.spec import StudySpec, spec_from_dict
 from batchlab.trial import EvalRecord
 from tests.conftest import SpecFactory
@@ -133,3 +135,47 @@ def test_an_engine_trial_matches_the_autograd_path(
         assert f.step == s.step and f.samples == s.samples
         assert f.test_loss == pytest.approx(s.test_loss, rel=1e-4)
         assert f.val_acc == pytest.approx(s.val_acc, abs=1e-2)
+
+
+def test_a_probed_trial_takes_autograd_only_where_a_probe_reads_gradients(
+    make_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = spec_from_dict(
+        make_spec(
+            batch_sizes=[8],
+            momentum=0.9,
+            probes=["grad_norms"],
+            probe_args={"grad_norms": {"every": 5}},
+            budget={"epochs": 2},
+        )
+    )
+    calls = 0
+    original = MLPStep.__call__
+
+    def counting(self: MLPStep, xb: torch.Tensor, yb: torch.Tensor) -> Any:
+        nonlocal calls
+        calls += 1
+        return original(self, xb, yb)
+
+    monkeypatch.setattr(MLPStep, "__call__", counting)
+    data = load_dataset(spec.dataset, args=spec.dataset_args, val_fraction=spec.val_fraction)
+    recs: list[EvalRecord] = []
+    probes: list[ProbeRecord] = []
+
+    def sink(rec: EvalRecord, ckpt: Checkpoint | None, got: list[ProbeRecord]) -> None:
+        recs.append(rec)
+        probes.extend(got)
+
+    out = train_trial(spec.trials()[0], data, device=torch.device("cpu"), on_eval=sink)
+    probes += out.probes
+    probed_steps = {p.step for p in probes if p.probe == "grad_norms"}
+    total = recs[-1].step
+    assert len(probed_steps) >= total // 5 - 1
+    assert calls == total - len(probed_steps)  # every other step took the hand-written path
+    monkeypatch.setattr(MLPStep, "supports", staticmethod(lambda model, opt: False))
+    ref: list[EvalRecord] = []
+    train_trial(
+        spec.trials()[0], data, device=torch.device("cpu"), on_eval=lambda r, c, p: ref.append(r)
+    )
+    for a, b in zip(recs, ref, strict=True):
+        assert a.test_loss == pytest.approx(b.test_loss, rel=1e-4)

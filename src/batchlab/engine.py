@@ -284,11 +284,12 @@ def train_trial(
     if suite is not None:
         suite.start(probe_ctx)
     # The built-in MLP with SGD takes a hand-written step (batchlab.fastpath): the same math in
-    # half the kernels, without gradient tensors. Probes read gradients, and accumulation sums
-    # them, so those trials keep autograd.
-    fused_step = (
+    # half the kernels, without gradient tensors. Steps where a probe reads the gradients, and
+    # gradient accumulation (which sums them), go through autograd; both paths keep the momentum
+    # buffers in the optimizer's state, so they interleave freely.
+    fast_step = (
         MLPStep(model, optimizer)  # type: ignore[arg-type]  # supports() checks it is an MLP
-        if suite is None and spec.accumulate == 1 and MLPStep.supports(model, optimizer)
+        if spec.accumulate == 1 and MLPStep.supports(model, optimizer)
         else None
     )
 
@@ -419,9 +420,11 @@ def train_trial(
             xb, yb = x[idx], y[idx]
             bs = idx.shape[0]
             due = suite is not None and suite.due(step + 1)
-            if fused_step is not None:
-                loss, n_correct = fused_step(xb, yb)
-                loss_sum += loss * bs
+            fast = fast_step is not None and not due
+            if fast:
+                assert fast_step is not None
+                loss, n_correct = fast_step(xb, yb)
+                loss_sum.add_(loss, alpha=bs)
                 correct += n_correct
             elif spec.accumulate == 1:
                 optimizer.zero_grad(set_to_none=True)
@@ -447,9 +450,11 @@ def train_trial(
                 suite.after_backward(probe_ctx.at(step + 1))
                 _sync(device)
                 probe_time += time.perf_counter() - t_probe
-            if fused_step is None and fast_sgd:  # (a fused step has updated the weights)
+            if fast:
+                pass  # the hand-written step has updated the weights already
+            elif fast_sgd:
                 sgd_step(optimizer, params)
-            elif fused_step is None:
+            else:
                 optimizer.step()
             step += 1
             if due:

@@ -35,6 +35,7 @@ class MLPStep:
     def __init__(self, model: MLP, optimizer: torch.optim.Optimizer) -> None:
         self.linears = [m for m in model if isinstance(m, nn.Linear)]
         self.optimizer = optimizer
+        self._constants: dict[tuple[int, float], torch.Tensor] = {}
 
     @staticmethod
     def supports(model: nn.Module, optimizer: torch.optim.Optimizer) -> bool:
@@ -62,37 +63,44 @@ class MLPStep:
         logp = z.log_softmax(dim=1)
         loss = F.nll_loss(logp, yb)
         correct = (z.argmax(dim=1) == yb).sum()
+        ones = self._filled(n, 1.0, z)
         # d(mean cross-entropy)/d(logits) = (softmax - onehot) / n
-        d = logp.exp_()
-        d[torch.arange(n, device=d.device), yb] -= 1.0
+        d = logp.exp_().scatter_add_(1, yb.unsqueeze(1), self._filled(n, -1.0, z).unsqueeze(1))
         d.div_(n)
         for i in range(len(self.linears) - 1, -1, -1):
             lin, h = self.linears[i], inputs[i]
             below = d @ lin.weight if i > 0 else None  # through the weight before its update
-            self._update(lin.weight, d.t(), h)
-            self._update(lin.bias, d.sum(dim=0), None)
+            self._update(lin.weight, d.t(), h)  # gradient d^T h
+            self._update(lin.bias, d.t(), ones)  # gradient d^T 1 = the sum over the batch
             if below is not None:
                 # ReLU's backward, autograd's own kernel: h = relu(z) > 0 exactly where z > 0
                 d = torch.ops.aten.threshold_backward(below, h, 0)
         return loss, correct
 
-    def _update(self, p: torch.Tensor, a: torch.Tensor, b: torch.Tensor | None) -> None:
-        """SGD on `p` with gradient a @ b (a weight) or a (a bias), as torch.optim.SGD does it."""
+    def _filled(self, n: int, value: float, like: torch.Tensor) -> torch.Tensor:
+        """A vector of n `value`s (kept: a batch size recurs at every step)."""
+        out = self._constants.get((n, value))
+        if out is None or out.device != like.device or out.dtype != like.dtype:
+            out = torch.full((n,), value, device=like.device, dtype=like.dtype)
+            self._constants[(n, value)] = out
+        return out
+
+    def _update(self, p: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+        """SGD on `p` with gradient a @ b (a matrix for a weight, a vector for a bias), as
+        torch.optim.SGD does it; without momentum or decay, in one in-place kernel."""
         group = self.optimizer.param_groups[0]
         lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
+        acc = p.addmm_ if b.dim() == 2 else p.addmv_
         if momentum == 0 and wd == 0:
-            if b is None:
-                p.add_(a, alpha=-lr)
-            else:
-                p.addmm_(a, b, alpha=-lr)  # p -= lr * a @ b, no gradient tensor
+            acc(a, b, alpha=-lr)  # p -= lr * a @ b, no gradient tensor
             return
         state = self.optimizer.state[p]
         buf = state.get("momentum_buffer")
-        if b is not None and buf is not None and wd == 0 and not group["nesterov"]:
-            buf.addmm_(a, b, beta=momentum)  # buf = momentum * buf + a @ b, in place
+        if buf is not None and wd == 0 and not group["nesterov"]:
+            (buf.addmm_ if b.dim() == 2 else buf.addmv_)(a, b, beta=momentum)  # m * buf + a @ b
             p.add_(buf, alpha=-lr)
             return
-        grad = a if b is None else a @ b
+        grad = a @ b
         if wd != 0:
             grad = grad.add(p, alpha=wd)
         if momentum == 0:
