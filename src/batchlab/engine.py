@@ -72,6 +72,14 @@ class Outcome:
     probes: list[ProbeRecord] = field(default_factory=list)  # recorded after the last evaluation
     weights: dict[str, torch.Tensor] | None = None  # final model state of a COMPLETE trial
 
+    def weights_bytes(self, *, save: bool) -> bytes | None:
+        """The final weights serialized for the store, or None (none, or not to be saved)."""
+        if self.weights is None or not save:
+            return None
+        buf = io.BytesIO()
+        torch.save(self.weights, buf)
+        return buf.getvalue()
+
 
 @dataclass(frozen=True, kw_only=True)
 class Progress:

@@ -18,7 +18,6 @@ the same numbers; a trial given the same thread count as a sequential run matche
 from __future__ import annotations
 
 import contextlib
-import io
 import multiprocessing as mp
 import os
 import queue
@@ -208,11 +207,7 @@ def run_job(job: Job, data: Dataset, device: torch.device, emit: Callable[[Event
     except Exception:  # any failure of one trial is recorded, and the study goes on
         emit(Finished(TrialState.FAILED, error=traceback.format_exc()))
         return
-    weights = None
-    if outcome.weights is not None and job.save_weights:
-        buf = io.BytesIO()
-        torch.save(outcome.weights, buf)
-        weights = buf.getvalue()
+    weights = outcome.weights_bytes(save=job.save_weights)
     emit(Finished(outcome.state, outcome.diverged_step, outcome.probes, weights))
 
 
@@ -647,17 +642,12 @@ def _train_claimed_group(
             reporter.trial_finished(t, TrialState.FAILED)
         return
     for t, out in zip(members, outcomes, strict=True):
-        weights = None
-        if out.weights is not None and t.study.save_weights:
-            buf = io.BytesIO()
-            torch.save(out.weights, buf)
-            weights = buf.getvalue()
         store.finish_trial(
             t.trial_id,
             out.state,
             diverged_step=out.diverged_step,
             probes=out.probes,
-            weights=weights,
+            weights=out.weights_bytes(save=t.study.save_weights),
             owner=owner,
         )
         reporter.trial_finished(t, out.state)

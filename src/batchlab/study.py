@@ -298,11 +298,7 @@ def _run_one(
         return TrialState.FAILED
     if outcome.state == TrialState.RUNNING:  # paused at stop_at_step, checkpoint stored
         return outcome.state
-    weights = None
-    if outcome.weights is not None and prepared.spec.save_weights:
-        buf = io.BytesIO()
-        torch.save(outcome.weights, buf)
-        weights = buf.getvalue()
+    weights = outcome.weights_bytes(save=prepared.spec.save_weights)
     store.finish_trial(
         tid,
         outcome.state,
