@@ -5,8 +5,9 @@ Rules (see docs/critical-batch-size.md):
   eligible when every one of its trials is COMPLETE (a diverged or failed seed disqualifies the
   lr rather than being averaged away).
 - Best: the eligible cell with the highest mean final test accuracy. Its lead over the runner-up
-  "exceeds the seed spread" when it is larger than the larger of the two cells' sample standard
-  deviations over seeds; with one seed per cell that cannot be told (None).
+  "exceeds the seed spread" when it is larger than `seed_spread` of the two cells: the sum of
+  their sample standard deviations over seeds (the report's findings use the same rule); with one
+  seed per cell that cannot be told (None).
 - Fastest: the eligible cell whose seeds all reach the target with the least mean training time
   to it (interpolated, evaluation excluded).
 - Pareto front over eligible cells: mean final training time (lower is better) against mean final
@@ -35,6 +36,13 @@ from batchlab.analysis.critical import (
 )
 from batchlab.errors import BatchlabError
 from batchlab.trial import FrozenTrial, TrialState
+
+
+def seed_spread(std_a: float, std_b: float) -> float:
+    """How far apart two cells' means may lie by seed noise alone: the sum of their sample
+    standard deviations over seeds (NaN with a single seed). A difference larger than this is
+    "more than the seed spread"; the recommendation and the report's findings both use it."""
+    return std_a + std_b
 
 
 class _Budget(Protocol):
@@ -345,7 +353,7 @@ def recommend(
     best = ranked[0]
     runner = ranked[1] if len(ranked) > 1 else None
     lead = best.test_acc - runner.test_acc if runner else math.nan
-    spread = max(best.test_acc_std, runner.test_acc_std) if runner else math.nan
+    spread = seed_spread(best.test_acc_std, runner.test_acc_std) if runner else math.nan
     exceeds = None if runner is None or math.isnan(spread) else lead > spread
     reached = [c for c in cells if math.isfinite(c.time_to_target_s)]
     fastest = min(reached, key=lambda c: (c.time_to_target_s, -c.test_acc)) if reached else None

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from batchlab.analysis.recommend import seed_spread
 from batchlab.report._types import StudyLike
 from batchlab.report.stats import Cell, cells
 from batchlab.trial import FrozenTrial, TrialState
@@ -210,7 +211,7 @@ def _neighbours(best: Cell, scored: Sequence[Cell]) -> list[Finding]:
         if nb is None:
             continue
         diff = best.test_acc.mean - nb.test_acc.mean
-        spread = best.test_acc.std + nb.test_acc.std
+        spread = seed_spread(best.test_acc.std, nb.test_acc.std)
         data: dict[str, Any] = {"batch_size": nb.batch_size, "difference": diff, "spread": spread}
         if not math.isfinite(spread):
             verdict, separated = "with a single seed the seed spread is unknown", None
@@ -394,7 +395,7 @@ def comparison_findings(studies: Sequence[StudyLike]) -> list[Finding]:
     bests.sort(key=lambda c: -c.test_acc.mean)
     top, second = bests[0], bests[1]
     diff = top.test_acc.mean - second.test_acc.mean
-    spread = top.test_acc.std + second.test_acc.std
+    spread = seed_spread(top.test_acc.std, second.test_acc.std)
     if not math.isfinite(spread):
         verdict = "with a single seed the seed spread is unknown"
     elif diff > spread:
