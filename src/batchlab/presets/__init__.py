@@ -28,8 +28,8 @@ class Preset:
 
 
 _CPU_TIME = {
-    "quick": "~1 min",
-    "seed-sweep": "~2 h",
+    "quick": "~20 s",
+    "seed-sweep": "~7 min",
     "budget-controls": "~3 min",
     "lr-grid": "~4 min",
     "optimizers": "~2 min",
