@@ -10,6 +10,7 @@ import pytest
 import batchlab
 from batchlab.errors import DataError, SpecError
 from batchlab.store import Store
+from batchlab.study import interpolate_trials, load_study, run_study
 from batchlab.trial import EvalRecord, TrialState
 
 SpecFactory = Callable[..., dict[str, Any]]
@@ -148,3 +149,23 @@ def test_dataframe_has_a_row_for_a_trial_without_evaluations(
     df = batchlab.load_study("tiny", store_path).to_dataframe()
     assert len(df) == 1 and df.loc[0, "state"] == "WAITING"
     assert list(df.columns[-len(EvalRecord.columns()) :]) == EvalRecord.columns()
+
+
+def test_interpolation_defaults_pair_trials_from_one_initialization(
+    make_spec: SpecFactory, tmp_path: Path
+) -> None:
+    """With the largest batch's seed-0 trial gone, the default pair is the seed-1 trials (the
+    same init); the line's ends are the two trials' own final test losses."""
+    store = tmp_path / "i.db"
+    study = run_study(make_spec(name="line", batch_sizes=[8, 64], seeds=[0, 1]), store=store)
+    gone = next(t for t in study.trials if (t.batch_size, t.seed) == (64, 0))
+    with Store(store) as s:
+        s.finish_trial(gone.trial_id, TrialState.FAILED, error="removed for the test")
+    study = load_study("line", store=store)
+    df = interpolate_trials(study, None, None, points=4)  # alphas -1, 0, 1, 2
+    a = next(t for t in study.trials if (t.batch_size, t.seed) == (64, 1))
+    b = next(t for t in study.trials if (t.batch_size, t.seed) == (8, 1))
+    assert df.attrs["a"].startswith(a.trial_id) and df.attrs["b"].startswith(b.trial_id)
+    assert list(df["alpha"]) == [-1.0, 0.0, 1.0, 2.0]
+    assert df["test_loss"][2] == pytest.approx(a.evals[-1].test_loss, rel=1e-5)
+    assert df["test_loss"][1] == pytest.approx(b.evals[-1].test_loss, rel=1e-5)

@@ -379,17 +379,21 @@ def interpolate_trials(
 ) -> pd.DataFrame:
     """Train and test loss/accuracy along the line from trial B (alpha 0) to trial A (alpha 1).
 
-    Defaults: A = the largest batch size, B = the smallest, both at the first seed and lr, which
-    share their initialization (Keskar et al.'s picture). Uses up to `max_examples` of each split.
+    Defaults: A = the largest batch size, B = the smallest, of the first (seed, lr, variant) with
+    two finished batch sizes, so that they share their initialization (Keskar et al.'s picture).
+    Uses up to `max_examples` of each split.
     """
     from batchlab.probes import interpolate
 
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     if len(done) < 2:
         raise StoreError(f"study {study.name!r}: need two COMPLETE trials to interpolate")
-    first = sorted(done, key=lambda t: (t.seed, t.lr_base, t.number))
-    a = study.find_trial(ref_a) if ref_a else max(first, key=lambda t: t.batch_size)
-    b = study.find_trial(ref_b) if ref_b else min(first, key=lambda t: t.batch_size)
+    groups: dict[tuple[int, float, str], list[FrozenTrial]] = {}
+    for t in sorted(done, key=lambda t: (t.seed, t.lr_base, t.number)):
+        groups.setdefault((t.seed, t.lr_base, str(t.params.get("variant", ""))), []).append(t)
+    pair = next((g for g in groups.values() if len({t.batch_size for t in g}) > 1), done)
+    a = study.find_trial(ref_a) if ref_a else max(pair, key=lambda t: t.batch_size)
+    b = study.find_trial(ref_b) if ref_b else min(pair, key=lambda t: t.batch_size)
     if points < 2:
         raise SpecError("--points: need at least 2 points")
     spec = dict(study.spec.resolved_variants()).get(str(a.params.get("variant", "")), study.spec)
