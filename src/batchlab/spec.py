@@ -363,6 +363,11 @@ class StudySpec(_Frozen):
             raise ValueError("controls: need at least two batch sizes")
         if self.controls and self.batch_schedule is not None:
             raise ValueError("controls: not with a batch_schedule (update counts are not fixed)")
+        if self.fuse is True and (self.workers != 1 or self.executor != "local"):
+            raise ValueError(
+                "fuse: fused groups train in this process, one group after another;"
+                " use workers = 1 and executor = local, or fuse = auto"
+            )
         if self.adaptive is not None and self.budget.seconds is not None:
             raise ValueError(
                 "adaptive: rungs are fractions of planned steps; use an epochs,"
