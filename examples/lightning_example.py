@@ -66,6 +66,7 @@ def main(
         callbacks=[probes],
         enable_checkpointing=False,
         enable_progress_bar=False,
+        log_every_n_steps=10,  # the default 50 is more than an epoch of this small example
         enable_model_summary=False,
     )
     trainer.fit(Classifier(), loader)
