@@ -579,8 +579,14 @@ def profile_cmd(
     from batchlab.profile import DEFAULT_BATCH_SIZES, profile_hardware
     from batchlab.store import Store, profile_subject
 
-    base: dict[str, Any] = {"model": "mlp", "dataset": "synthetic", "device": "cpu"}
-    base |= {"model_args": {}, "dataset_args": {}, "batch_sizes": list(DEFAULT_BATCH_SIZES)}
+    base: dict[str, Any] = {
+        "model": "mlp",
+        "dataset": "synthetic",
+        "device": "cpu",
+        "model_args": {},
+        "dataset_args": {},
+        "batch_sizes": list(DEFAULT_BATCH_SIZES),
+    }
     if study_name is not None:
         spec = load_study(study_name, store=store).spec
         base = {

@@ -344,7 +344,7 @@ def train_trial(
                 str(device),
                 torch.get_num_threads(),
             )
-            if eval_idx == 0 and resume is None
+            if eval_idx == 0  # only a fresh trial starts at 0 (a resumed one past its checkpoint)
             else None
         )
         if key is not None and key in data.memo:
@@ -428,10 +428,9 @@ def train_trial(
             xb, yb = x[idx], y[idx]
             bs = idx.shape[0]
             due = suite is not None and suite.due(step + 1)
-            fast = fast_step is not None and not due
-            if fast:
-                assert fast_step is not None
-                loss, n_correct = fast_step(xb, yb)
+            fast = None if due else fast_step  # a probed step reads gradients: autograd
+            if fast is not None:
+                loss, n_correct = fast(xb, yb)  # forward, backward and update in one
                 loss_sum.add_(loss, alpha=bs)
                 correct += n_correct
             elif spec.accumulate == 1:
@@ -458,12 +457,11 @@ def train_trial(
                 suite.after_backward(probe_ctx.at(step + 1))
                 _sync(device)
                 probe_time += time.perf_counter() - t_probe
-            if fast:
-                pass  # the hand-written step has updated the weights already
-            elif fast_sgd:
-                sgd_step(optimizer, params)
-            else:
-                optimizer.step()
+            if fast is None:  # (the hand-written step has updated the weights already)
+                if fast_sgd:
+                    sgd_step(optimizer, params)
+                else:
+                    optimizer.step()
             step += 1
             if due:
                 assert suite is not None

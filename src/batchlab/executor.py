@@ -638,7 +638,9 @@ def _train_claimed_group(
         )
     except Exception:  # a failing group fails its members, and the study goes on
         for t in members:
-            store.finish_trial(t.trial_id, TrialState.FAILED, error=traceback.format_exc())
+            store.finish_trial(
+                t.trial_id, TrialState.FAILED, error=traceback.format_exc(), owner=owner
+            )
             reporter.trial_finished(t, TrialState.FAILED)
         return
     for t, out in zip(members, outcomes, strict=True):
