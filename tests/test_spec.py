@@ -73,6 +73,7 @@ def test_overrides_parse_toml_values_and_replace_budget(make_spec: SpecFactory) 
         ({"probes": "cheap", "probe_args": {"sharpness": {}}}, "field 'probes': options for"),
         ({"accumulate": 3}, "field 'accumulate': 3 does not divide batch size 8"),
         ({"fuse": True, "workers": 2}, "field 'fuse': fused groups train in this process"),
+        ({"fuse": "maybe"}, "field 'fuse': 'maybe' is not a fuse setting; use true, false or auto"),
     ],
 )
 def test_bad_spec_is_one_line_naming_the_field(

@@ -284,6 +284,13 @@ class StudySpec(_Frozen):
             return {} if v else None
         return v
 
+    @field_validator("fuse", mode="before")
+    @classmethod
+    def _fuse(cls, v: object) -> object:
+        if isinstance(v, bool) or v == "auto":
+            return v
+        raise ValueError(f"{v!r} is not a fuse setting; use true, false or auto")
+
     @field_validator("workers", mode="before")
     @classmethod
     def _workers(cls, v: object) -> object:
