@@ -39,3 +39,31 @@ def store_path(tmp_path: Path) -> Path:
 def make_spec() -> SpecFactory:
     """`make_spec(**overrides)` -> a tiny synthetic study spec dict."""
     return tiny_spec
+
+
+TASK_SPECS: dict[str, dict[str, Any]] = {
+    "classification": tiny_spec(),
+    "regression": tiny_spec(
+        dataset_args={"kind": "regression", "n_train": 256, "n_test": 128, "dim": 8},
+        lrs=[0.05],
+    ),
+    "language-model": tiny_spec(
+        dataset="tests.workloads:tokens",
+        dataset_args={"n_train": 128, "n_test": 32},
+        model="tests.workloads:bigram",
+        model_args={"width": 16},
+        lrs=[0.5],
+    ),
+}
+"""A tiny study per built-in task (the task inferred from the data, as a user would leave it)."""
+
+
+@pytest.fixture(params=sorted(TASK_SPECS))
+def task_spec(request: pytest.FixtureRequest) -> SpecFactory:
+    """`task_spec(**overrides)` -> a tiny study spec dict, once per built-in task."""
+    base = TASK_SPECS[request.param]
+
+    def make(**overrides: Any) -> dict[str, Any]:
+        return {**base, **overrides}
+
+    return make

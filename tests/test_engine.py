@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from batchlab.data import Dataset, load_dataset
+from batchlab.data import Dataset
 from batchlab.engine import (
     Checkpoint,
     peak_memory_bytes,
@@ -19,6 +19,7 @@ from batchlab.engine import (
 )
 from batchlab.probes import ProbeRecord
 from batchlab.spec import StudySpec, spec_from_dict
+from batchlab.study import load_study_data
 from batchlab.trial import EvalRecord, TrialState
 
 SpecFactory = Callable[..., dict[str, Any]]
@@ -26,7 +27,7 @@ TIMES = {"train_time_s", "eval_time_s", "samples_per_s", "peak_mem_bytes"}
 
 
 def data_for(spec: StudySpec) -> Dataset:
-    return load_dataset(spec.dataset, args=spec.dataset_args, val_fraction=spec.val_fraction)
+    return load_study_data(spec)
 
 
 def run(

@@ -55,3 +55,22 @@ def test_example_runs_cut_down(path: Path, tmp_path: Path) -> None:
         assert batchlab.TrialState.COMPLETE in states and batchlab.TrialState.FAILED not in states
     else:
         assert states == {batchlab.TrialState.COMPLETE}
+
+
+def test_language_model_example_runs(tmp_path: Path) -> None:
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "examples" / "language_model_example.py"
+    spec = importlib.util.spec_from_file_location("language_model_example", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    last = module.main(epochs=1, store=str(tmp_path / "lm.db"))
+    assert sorted(last["batch_size"]) == [8, 32, 128]
+    assert (last["batch_tokens"] == 32 * last["batch_size"]).all()
+    # At batch 8, better than guessing uniformly over the bytes that occur (perplexity = their
+    # count); at a fixed number of epochs, larger batches make fewer updates and end worse.
+    vocab = len(set((Path(__file__).parents[1] / "README.md").read_bytes()))
+    ppl = last.sort_values("batch_size")["test_perplexity"].tolist()
+    assert ppl[0] < vocab
+    assert ppl == sorted(ppl)

@@ -28,6 +28,7 @@ from batchlab.suggest import (
     short_run,
     suggest,
 )
+from batchlab.tasks.regression import Regression
 
 DIM, N = 6, 3000
 
@@ -46,10 +47,6 @@ def linear_model(*, input_shape: tuple[int, ...], num_classes: int) -> nn.Module
     return nn.Linear(input_shape[0], 1, bias=False)
 
 
-def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return 0.5 * ((out.squeeze(1) - y) ** 2).mean()
-
-
 def regression_data() -> Dataset:
     """y = w* . x + noise; float targets (the short run only needs the loss to accept them)."""
     g = torch.Generator().manual_seed(1)
@@ -66,6 +63,7 @@ def regression_data() -> Dataset:
         x_test=empty,
         y_test=torch.zeros(0),
         num_classes=1,
+        task=Regression(),
     )
 
 
@@ -101,7 +99,6 @@ def test_measured_b_simple_matches_the_analytic_value() -> None:
         seed=3,
         device=torch.device("cpu"),
         max_seconds=60.0,
-        loss_fn=mse,
     )
     assert run.noise_samples == 120 * 16 * 8 and run.train_samples == 120 * 8
     noise = b_simple(run.measurements, late_fraction=1.0)

@@ -11,6 +11,7 @@ from batchlab._version import __version__
 from batchlab.spec import Budget, StudySpec, TrialSpec, load_spec
 from batchlab.study import Study, load_study, run_study
 from batchlab.suggest import Suggestion, suggest
+from batchlab.tasks import Task, TaskInfo
 from batchlab.trial import EvalRecord, FrozenTrial, TrialState
 
 __all__ = [
@@ -20,6 +21,8 @@ __all__ = [
     "Study",
     "StudySpec",
     "Suggestion",
+    "Task",
+    "TaskInfo",
     "TrialSpec",
     "TrialState",
     "__version__",

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from batchlab.data import Dataset
@@ -29,6 +28,9 @@ from batchlab.lr import warmup_lr
 from batchlab.models import build_model
 from batchlab.probes import ProbeContext, ProbeRecord, ProbeSuite, probe_generator
 from batchlab.spec import StudySpec, TrialSpec
+from batchlab.step import backward_batch
+from batchlab.tasks import Task
+from batchlab.tasks.classification import Classification
 from batchlab.trial import EvalRecord, TrialState
 
 
@@ -143,21 +145,32 @@ def sgd_step(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]) -
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over (x, y), in large chunks; NaN for an empty split."""
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, task: Task | None = None
+) -> tuple[float, float]:
+    """The task's mean loss and score over (x, y), in large chunks; NaN for an empty split.
+
+    Losses are summed in float64 and the score from additive statistics, so the result does not
+    depend on the chunk size. The task defaults to classification (cross-entropy, accuracy).
+    """
+    task = task if task is not None else Classification()
     if x.shape[0] == 0:
         return math.nan, math.nan
     was_training = model.training
     model.eval()
     loss = torch.zeros((), device=x.device, dtype=torch.float64)
-    correct = torch.zeros((), device=x.device, dtype=torch.int64)
+    units = torch.zeros((), device=x.device, dtype=torch.int64)
+    stats: torch.Tensor | None = None
     for i in range(0, x.shape[0], batch):
-        out = model(x[i : i + batch])
-        loss += F.cross_entropy(out, y[i : i + batch], reduction="sum").double()
-        correct += (out.argmax(dim=1) == y[i : i + batch]).sum()
+        out, yc = model(x[i : i + batch]), y[i : i + batch]
+        loss += task.sum_loss(out, yc).double()
+        units += task.units(yc)
+        s = task.score_stats(out, yc)
+        stats = s if stats is None else stats + s
     model.train(was_training)
-    n = x.shape[0]
-    return loss.item() / n, correct.item() / n  # one sync per split
+    n = int(units.item())  # one sync per split (and one in score)
+    assert stats is not None
+    return loss.item() / n, task.score(stats, n)
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -253,7 +266,7 @@ def train_trial(
     """
     if stop_at_step is not None and stop_at_step < 1:
         raise ValueError(f"stop_at_step must be >= 1, got {stop_at_step}")
-    spec, budget = trial.study, trial.budget
+    spec, budget, task = trial.study, trial.budget, data.task
     x, y = data.x_train, data.y_train
     n = x.shape[0]
     total_steps = planned_steps(trial, n)
@@ -282,7 +295,7 @@ def train_trial(
     )
     probe_ctx = ProbeContext(
         model=model,
-        loss_fn=F.cross_entropy,
+        loss_fn=task.mean_loss,
         x_train=x,
         y_train=y,
         step=0,
@@ -297,7 +310,9 @@ def train_trial(
     # buffers in the optimizer's state, so they interleave freely.
     fast_step = (
         MLPStep(model, optimizer)  # type: ignore[arg-type]  # supports() checks it is an MLP
-        if spec.accumulate == 1 and MLPStep.supports(model, optimizer)
+        if spec.accumulate == 1
+        and isinstance(task, Classification)
+        and MLPStep.supports(model, optimizer)
         else None
     )
 
@@ -350,9 +365,9 @@ def train_trial(
         if key is not None and key in data.memo:
             val, test, tr = data.memo[key]
         else:
-            val = evaluate(model, data.x_val, data.y_val, spec.eval_batch_size)
-            test = evaluate(model, data.x_test, data.y_test, spec.eval_batch_size)
-            tr = evaluate(model, x, y, spec.eval_batch_size) if full else (math.nan, math.nan)
+            val = evaluate(model, data.x_val, data.y_val, spec.eval_batch_size, task)
+            test = evaluate(model, data.x_test, data.y_test, spec.eval_batch_size, task)
+            tr = evaluate(model, x, y, spec.eval_batch_size, task) if full else (math.nan, math.nan)
             if key is not None:
                 data.memo[key] = (val, test, tr)
         eval_time = time.perf_counter() - t0
@@ -412,8 +427,9 @@ def train_trial(
         micro = B // spec.accumulate  # gradient accumulation: k micro-batches, one update
         perm = torch.randperm(n, generator=shuffle).to(device)
         loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
+        stats: torch.Tensor | None = None  # the task's score statistics, summed on the device
         seen = 0
+        seen_units: int | torch.Tensor = 0
         probe_time = 0.0
         _sync(device)
         t_start = time.perf_counter()
@@ -429,27 +445,17 @@ def train_trial(
             bs = idx.shape[0]
             due = suite is not None and suite.due(step + 1)
             fast = None if due else fast_step  # a probed step reads gradients: autograd
+            units: int | torch.Tensor
             if fast is not None:
                 loss, n_correct = fast(xb, yb)  # forward, backward and update in one
                 loss_sum.add_(loss, alpha=bs)
-                correct += n_correct
-            elif spec.accumulate == 1:
-                optimizer.zero_grad(set_to_none=True)
-                out = model(xb)
-                loss = F.cross_entropy(out, yb)
-                loss.backward()  # type: ignore[no-untyped-call]
-                loss_sum += loss.detach() * bs
-                correct += (out.argmax(dim=1) == yb).sum()
+                batch_stats, units = n_correct, int(bs)
             else:
                 optimizer.zero_grad(set_to_none=True)
-                # Each micro-batch's mean loss is weighted by its share of the batch, so the
-                # summed gradient is the full batch's mean gradient (also for a partial batch).
-                for xm, ym in zip(torch.split(xb, micro), torch.split(yb, micro), strict=True):
-                    out = model(xm)
-                    loss = F.cross_entropy(out, ym) * (ym.shape[0] / bs)
-                    loss.backward()  # type: ignore[no-untyped-call]
-                    loss_sum += loss.detach() * bs
-                    correct += (out.argmax(dim=1) == ym).sum()
+                batch_stats, units = backward_batch(
+                    model, task, xb, yb, micro=micro, loss_sum=loss_sum
+                )
+            stats = batch_stats if stats is None else stats + batch_stats
             if due:
                 assert suite is not None
                 _sync(device)  # probe time is excluded from training time: clock after the device
@@ -471,6 +477,7 @@ def train_trial(
                 _sync(device)
                 probe_time += time.perf_counter() - t_probe  # excluded from training time
             seen += bs
+            seen_units = seen_units + units
             samples += bs
             if step % check_every == 0:
                 if not math.isfinite(loss_sum.item()):  # deliberate sync (free on CPU)
@@ -493,7 +500,9 @@ def train_trial(
         _sync(device)
         window = time.perf_counter() - t_start - probe_time
         train_time += window
-        run_loss, run_acc = loss_sum.item() / seen, correct.item() / seen
+        n_units = float(seen_units)
+        run_loss = loss_sum.item() / n_units
+        run_acc = task.score(stats, n_units) if stats is not None else math.nan
         if not math.isfinite(run_loss):
             return Outcome(state=TrialState.DIVERGED, diverged_step=step, probes=drained())
         done = exhausted()

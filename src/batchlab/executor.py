@@ -51,6 +51,7 @@ from batchlab.fused import group_trials, train_group
 from batchlab.probes import ProbeRecord
 from batchlab.spec import StudySpec, TrialSpec
 from batchlab.store import LEASE_S, ClaimLost, Store, process_owner
+from batchlab.tasks.classification import Classification
 from batchlab.trial import EvalRecord, TrialState
 
 if TYPE_CHECKING:
@@ -565,8 +566,11 @@ def run_trials(
         )
         order = order_for_pool(todo, prepared.data.n_train)
     in_process = isinstance(backend, InProcess)
-    if in_process and (
-        spec.fuse is True or (spec.fuse == "auto" and prepared.device.type == "cuda")
+    fuses = isinstance(prepared.data.task, Classification)  # the stacked step is cross-entropy's
+    if (
+        in_process
+        and fuses
+        and (spec.fuse is True or (spec.fuse == "auto" and prepared.device.type == "cuda"))
     ):
         order = run_fused_groups(store, order, prepared, reporter, provenance)
     try:

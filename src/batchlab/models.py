@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from batchlab.data import resolve_callable
 from batchlab.errors import SpecError
+from batchlab.plugins import resolve_callable
 
 
 class MLP(nn.Sequential):

@@ -36,13 +36,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from batchlab.data import load_dataset
 from batchlab.engine import peak_memory_bytes, reset_peak_memory, resolve_device
 from batchlab.errors import SpecError
 from batchlab.models import build_model
+from batchlab.step import backward_batch
+from batchlab.tasks import Task
+from batchlab.tasks.classification import Classification
 
 KNEE_GAIN = 0.10  # throughput gain per doubling below which larger batches stop paying
 DEFAULT_BATCH_SIZES = (8, 16, 32, 64, 128, 256, 512, 1024)
@@ -174,10 +176,11 @@ def matmul_peak_flops(device: torch.device, *, n: int = 2048, repeats: int = 3) 
     return 2.0 * n**3 / best
 
 
-def _step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+def _step(
+    model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, task: Task
+) -> None:
     opt.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(model(x), y)
-    loss.backward()  # type: ignore[no-untyped-call]
+    backward_batch(model, task, x, y)
     opt.step()
 
 
@@ -190,19 +193,22 @@ def time_steps(
     warmup: int = 2,
     min_steps: int = 3,
     min_time_s: float = 0.2,
+    task: Task | None = None,
 ) -> tuple[float, int, int, int]:
     """Seconds per training step on (x, y) after `warmup` steps, the steps timed, the peak
-    memory and the peak above the pre-step level, in bytes."""
+    memory and the peak above the pre-step level, in bytes (the task's loss: classification's
+    cross-entropy by default)."""
+    task = task if task is not None else Classification()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     _sync(device)
     reset_peak_memory(device)
     before = peak_memory_bytes(device)
     for _ in range(warmup):
-        _step(model, opt, x, y)
+        _step(model, opt, x, y, task)
     _sync(device)
     steps, t0 = 0, time.perf_counter()
     while steps < min_steps or time.perf_counter() - t0 < min_time_s:
-        _step(model, opt, x, y)
+        _step(model, opt, x, y, task)
         steps += 1
         if steps >= min_steps:
             _sync(device)
@@ -323,6 +329,8 @@ def profile_hardware(
     margin: float = 0.2,
     search_limit: int | None = None,
     seed: int = 0,
+    task: str | None = None,
+    task_args: dict[str, Any] | None = None,
 ) -> HardwareProfile:
     """Profile one model on one device; see the module docstring for every rule."""
     sizes = sorted(set(batch_sizes))
@@ -335,7 +343,9 @@ def profile_hardware(
         torch.empty(0, device=dev)
     except (RuntimeError, AssertionError) as err:
         raise SpecError(f"--device: {device!r} is not usable here ({err}); use cpu") from None
-    data = load_dataset(dataset, args=dataset_args or {}, val_fraction=0.0)
+    data = load_dataset(
+        dataset, args=dataset_args or {}, val_fraction=0.0, task=task, task_args=task_args
+    )
     net = build_model(
         model,
         dict(model_args or {}),
@@ -362,7 +372,14 @@ def profile_hardware(
     def timed(b: int) -> tuple[float, int, int, int]:
         xb, yb = batch(b)  # local: freed on return, before the next size
         return time_steps(
-            net, xb, yb, dev, warmup=warmup, min_steps=min_steps, min_time_s=min_time_s
+            net,
+            xb,
+            yb,
+            dev,
+            warmup=warmup,
+            min_steps=min_steps,
+            min_time_s=min_time_s,
+            task=data.task,
         )
 
     rows = []
@@ -407,7 +424,7 @@ def profile_hardware(
         def cuda_step(b: int) -> int:
             xb, yb = batch(b)
             torch.cuda.reset_peak_memory_stats(dev)
-            _step(net, torch.optim.SGD(net.parameters(), lr=1e-3), xb, yb)
+            _step(net, torch.optim.SGD(net.parameters(), lr=1e-3), xb, yb, data.task)
             _sync(dev)
             return int(torch.cuda.max_memory_allocated(dev))
 

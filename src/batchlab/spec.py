@@ -24,10 +24,12 @@ from batchlab.lr import scaled_lr
 
 BudgetKind = Literal["epochs", "steps", "samples", "seconds"]
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+# Fields that choose the data and its task: one per study, shared by every trial and variant.
+DATA_FIELDS = frozenset(
+    {"dataset", "dataset_args", "train_subset", "val_fraction", "data_seed", "task", "task_args"}
+)
 # Fields that say where and how fast to run, not what to run: they do not enter a trial's id,
 # so a study started on one device can be resumed on another.
-# Fields that choose the data: one per study, shared by every trial and variant.
-DATA_FIELDS = frozenset({"dataset", "dataset_args", "train_subset", "val_fraction", "data_seed"})
 EXECUTION_FIELDS = frozenset(
     {"device", "threads", "save_weights", "adaptive", "workers", "executor", "ray_address", "fuse"}
 )
@@ -199,8 +201,15 @@ class StudySpec(_Frozen):
     """Fraction of the training set held out for validation (0: none); the test set is untouched."""
     data_seed: int = 0
     """Seed of the validation split, the same for every trial."""
+    task: str | None = None
+    """classification, regression, language-model, or package.module:function returning a
+    batchlab.tasks.Task; unset: the one the data implies (real targets: regression; token ids
+    [N, T]: language-model; else classification)."""
+    task_args: dict[str, Any] = Field(default_factory=dict)
+    """Options of the task, e.g. regression: loss = "mae"; language-model: ignore_index."""
     model: str = "mlp"
-    """mlp, cnn, or package.module:function returning an nn.Module that maps a batch to logits."""
+    """mlp, cnn, or package.module:function returning an nn.Module that maps a batch to the
+    task's outputs (class logits, regression targets, or next-token logits [B, T, V])."""
     model_args: dict[str, Any] = Field(default_factory=dict)
     """Options of the model: mlp widths; cnn channels, hidden, kernel_size, batchnorm,
     ghost_batch."""
@@ -343,6 +352,22 @@ class StudySpec(_Frozen):
             ProbeSuite.from_spec(self.probes, total_steps=None, options=self.probe_args)
         except ValueError as err:
             raise ValueError(f"probes: {err}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _task_exists(self) -> StudySpec:
+        # A built-in task and its options are checked here; a user's task when the data loads.
+        from batchlab.errors import DataError
+        from batchlab.tasks import TASKS, make_task
+
+        if self.task is not None and ":" not in self.task:
+            if self.task not in TASKS:
+                valid = ", ".join([*TASKS, "package.module:function"])
+                raise ValueError(f"task: unknown task {self.task!r}; use one of {valid}")
+            try:
+                make_task(self.task, self.task_args)
+            except DataError as err:
+                raise ValueError(str(err)) from None
         return self
 
     @model_validator(mode="after")

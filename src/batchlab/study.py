@@ -16,7 +16,7 @@ import subprocess
 import sys
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -39,6 +39,7 @@ from batchlab.models import build_model
 from batchlab.probes import ProbeRecord
 from batchlab.spec import StudySpec, TrialSpec, load_spec, spec_from_dict
 from batchlab.store import Store, profile_subject
+from batchlab.tasks import TASKS, TaskInfo, make_task
 from batchlab.trial import EvalRecord, FrozenTrial, TrialState
 
 if TYPE_CHECKING:
@@ -76,6 +77,17 @@ class Study:
     def __repr__(self) -> str:
         return f"Study(name={self.name!r}, trials={len(self.trials)}, store={str(self.store)!r})"
 
+    @property
+    def task(self) -> TaskInfo:
+        """What the loss and score columns mean (from the trials' provenance; classification
+        for a study stored before tasks existed)."""
+        for t in self.trials:
+            if "task" in t.provenance:
+                return TaskInfo.from_dict(t.provenance["task"])
+        if self.spec.task in TASKS:
+            return make_task(self.spec.task, self.spec.task_args).describe()
+        return TaskInfo()
+
     def trials_in(self, *states: TrialState) -> list[FrozenTrial]:
         return [t for t in self.trials if t.state in states]
 
@@ -104,7 +116,12 @@ class Study:
             }
             for e in t.evals or (None,):
                 rows.append({**head, **(e.as_dict() if e is not None else blank)})
-        return pd.DataFrame(rows, columns=[*TRIAL_COLUMNS, *EvalRecord.columns()])
+        df = pd.DataFrame(rows, columns=[*TRIAL_COLUMNS, *EvalRecord.columns()])
+        info = self.task
+        df["task"] = info.task
+        # A language model's batch counted in tokens as well as in sequences.
+        df["batch_tokens"] = df["batch_size"] * info.tokens_per_sample
+        return df
 
     def probes_dataframe(self) -> pd.DataFrame:
         """Probe records in long form: one row per trial, step, probe and key."""
@@ -209,16 +226,23 @@ class PreparedStudy:
     device: torch.device
 
 
-def prepare(spec: StudySpec, *, data_dir: Path | None = None) -> PreparedStudy:
-    """Load the data and check the spec against it (batch sizes, model); raise one-line errors."""
-    data = load_dataset(
+def load_study_data(spec: StudySpec, *, data_dir: Path | None = None) -> Dataset:
+    """The study's data, split and prepared for its task (named, or implied by the data)."""
+    return load_dataset(
         spec.dataset,
         args=spec.dataset_args,
         data_dir=data_dir,
         val_fraction=spec.val_fraction,
         data_seed=spec.data_seed,
         train_subset=spec.train_subset,
+        task=spec.task,
+        task_args=spec.task_args,
     )
+
+
+def prepare(spec: StudySpec, *, data_dir: Path | None = None) -> PreparedStudy:
+    """Load the data and check the spec against it (batch sizes, model); raise one-line errors."""
+    data = load_study_data(spec, data_dir=data_dir)
     too_big = [b for _, v in spec.resolved_variants() for b in v.batch_sizes if b > data.n_train]
     if too_big:
         raise SpecError(
@@ -238,6 +262,12 @@ def prepare(spec: StudySpec, *, data_dir: Path | None = None) -> PreparedStudy:
     except (RuntimeError, AssertionError) as err:
         raise SpecError(f"device: {spec.device!r} is not usable here ({err}); use cpu") from None
     return PreparedStudy(spec=spec, data=data.to(device), device=device)
+
+
+def task_provenance(data: Dataset) -> dict[str, Any]:
+    """The task's labels and tokens per example, stored with each trial (`Study.task`)."""
+    units = float(data.task.units(data.y_train)) / max(1, data.n_train)
+    return replace(data.task.describe(), tokens_per_sample=units).as_dict()
 
 
 def provenance(device: torch.device) -> dict[str, Any]:
@@ -360,6 +390,7 @@ def run_study(
         todo = [t for t in trials if not s.trial_state(t.trial_id).is_finished]
         reporter.study_started(spec, len(trials), len(trials) - len(todo))
         prov = provenance(prepared.device)
+        prov["task"] = task_provenance(prepared.data)
         if spec.adaptive is not None:  # successive halving over the grid: batchlab.adaptive
             run_adaptive(s, trials, prepared, reporter, prov, run_one=_run_one)
             todo = []
@@ -397,14 +428,7 @@ def interpolate_trials(
     if points < 2:
         raise SpecError("--points: need at least 2 points")
     spec = dict(study.spec.resolved_variants()).get(str(a.params.get("variant", "")), study.spec)
-    data = load_dataset(
-        spec.dataset,
-        args=spec.dataset_args,
-        data_dir=data_dir,
-        val_fraction=spec.val_fraction,
-        data_seed=spec.data_seed,
-        train_subset=spec.train_subset,
-    )
+    data = load_study_data(spec, data_dir=data_dir)
     model = build_model(
         spec.model,
         spec.model_args,
@@ -415,10 +439,22 @@ def interpolate_trials(
     alphas = [-1.0 + 3.0 * i / (points - 1) for i in range(points)]
     wa, wb = study.weights(a.trial_id), study.weights(b.trial_id)
     train = interpolate(
-        model, wa, wb, data.x_train[:max_examples], data.y_train[:max_examples], alphas=alphas
+        model,
+        wa,
+        wb,
+        data.x_train[:max_examples],
+        data.y_train[:max_examples],
+        alphas=alphas,
+        task=data.task,
     )
     test = interpolate(
-        model, wa, wb, data.x_test[:max_examples], data.y_test[:max_examples], alphas=alphas
+        model,
+        wa,
+        wb,
+        data.x_test[:max_examples],
+        data.y_test[:max_examples],
+        alphas=alphas,
+        task=data.task,
     )
     df = pd.DataFrame(
         {

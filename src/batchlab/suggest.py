@@ -44,14 +44,13 @@ import math
 import re
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from batchlab import presets
 from batchlab.data import Dataset, load_dataset
@@ -62,6 +61,7 @@ from batchlab.probes import probe_generator
 from batchlab.probes.noise_scale import estimate_noise
 from batchlab.profile import HardwareProfile, profile_hardware
 from batchlab.spec import StudySpec, TrialSpec, load_spec, spec_from_dict
+from batchlab.step import backward_batch
 from batchlab.trial import TrialState
 
 DEFAULT_REFERENCE = "seed-sweep"  # the preset whose grid defines the default reference sweep
@@ -261,7 +261,6 @@ def short_run(
     seed: int,
     device: torch.device,
     max_seconds: float,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
 ) -> ShortRun:
     """SGD for `steps` steps (shuffled epochs, as the engine trains), measuring the noise scale at
     evenly spaced steps; stops early once `max_seconds` of wall time have passed."""
@@ -287,10 +286,10 @@ def short_run(
         for i in range(0, n, batch_size):
             idx = perm[i : i + batch_size]
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(net(x[idx]), y[idx])
-            loss.backward()  # type: ignore[no-untyped-call]
+            batch_loss = torch.zeros((), device=device)
+            _, units = backward_batch(net, data.task, x[idx], y[idx], loss_sum=batch_loss)
             opt.step()
-            value = float(loss.detach())  # deliberate sync: the short run watches its loss
+            value = float(batch_loss) / float(units)  # deliberate sync: the run watches its loss
             if not math.isfinite(value):
                 raise SuggestError(
                     f"suggest: the short run diverged at step {step + 1} with lr {lr:g} at batch"
@@ -303,7 +302,13 @@ def short_run(
             over = time.perf_counter() - t0 >= max_seconds
             if step in when or (over and loss_n):
                 est = estimate_noise(
-                    net, loss_fn, x, y, small_batch=batch_size, draws=draws, generator=probe_gen
+                    net,
+                    data.task.mean_loss,
+                    x,
+                    y,
+                    small_batch=batch_size,
+                    draws=draws,
+                    generator=probe_gen,
                 )
                 noise_samples += batch_size * draws
                 out.append(
@@ -638,6 +643,8 @@ def suggest(
     train_subset: int | None = None,
     val_fraction: float = 0.1,
     data_dir: Path | None = None,
+    task: str | None = None,
+    task_args: dict[str, Any] | None = None,
     lr: float = 0.05,
     batch_size: int = 32,
     momentum: float = 0.0,
@@ -670,6 +677,8 @@ def suggest(
         data_dir=data_dir,
         val_fraction=val_fraction,
         train_subset=train_subset,
+        task=task,
+        task_args=task_args,
     )
     n = data.n_train
     if batch_size > n:
@@ -696,6 +705,8 @@ def suggest(
         min_time_s=0.0,
         matmul_n=1024,
         seed=seed,
+        task=task,
+        task_args=task_args,
     )
     profile_samples = sum(r.batch_size * (1 + r.steps_timed) for r in prof.rows)
     left = allowed - profile_samples

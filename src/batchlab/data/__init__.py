@@ -7,7 +7,6 @@ tensors ready to be moved to the device once per study.
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field, replace
@@ -19,6 +18,11 @@ import torch
 
 from batchlab.data.idx import read_idx
 from batchlab.errors import DataError
+from batchlab.plugins import resolve_callable
+from batchlab.tasks import Arrays, Task, resolve_task
+from batchlab.tasks.classification import Classification
+
+__all__ = ["Dataset", "RawData", "load_dataset", "load_raw", "resolve_callable", "split"]
 
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IDX_FILES = {
@@ -31,17 +35,26 @@ IDX_FILES = {
 
 @dataclass(frozen=True, kw_only=True)
 class RawData:
-    """Train and test arrays as a loader returns them (x float32, y int64 class indices)."""
+    """Train and test arrays as a loader returns them, dtypes as given (the task converts them:
+    float inputs and class indices for classification, token ids for a language model...)."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
 
+    def arrays(self) -> Arrays:
+        return (self.x_train, self.y_train, self.x_test, self.y_test)
+
+    @classmethod
+    def of(cls, arrays: Arrays) -> RawData:
+        x_train, y_train, x_test, y_test = arrays
+        return cls(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+
 
 @dataclass(frozen=True, kw_only=True)
 class Dataset:
-    """A classification dataset split into train / val / test, as tensors."""
+    """A dataset split into train / val / test, as tensors, with the task that trains on it."""
 
     name: str
     x_train: torch.Tensor
@@ -51,6 +64,8 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
+    """What the model's output layer produces: classes, regression targets, or the vocabulary."""
+    task: Task = field(default_factory=Classification, compare=False)
     # Results computed once per dataset and shared by the trials that train on it (the engine
     # keeps each initial model's evaluation here: trials that differ only in batch size or lr
     # start from the same weights). Not part of the data: never compared, never copied.
@@ -77,38 +92,22 @@ Loader = Callable[[Mapping[str, Any], Path | None], RawData]
 
 
 def _as_raw(x_train: Any, y_train: Any, x_test: Any, y_test: Any, *, where: str) -> RawData:
-    def x(a: Any) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(a, dtype=np.float32))
+    """Arrays (or tensors) as tensors, dtypes kept: the task checks and converts them."""
 
-    def y(a: Any) -> torch.Tensor:
-        arr = np.asarray(a)
-        if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-            if (
-                arr.ndim == 1
-                and np.issubdtype(arr.dtype, np.floating)
-                and np.all(arr == arr.round())
-            ):
-                arr = arr.astype(np.int64)
-            else:
-                raise DataError(f"{where}: labels must be a 1-D array of integer class indices")
-        return torch.as_tensor(arr.astype(np.int64))
+    def t(a: Any) -> torch.Tensor:
+        if isinstance(a, torch.Tensor):
+            return a.detach().cpu()
+        try:
+            return torch.as_tensor(np.asarray(a))
+        except (TypeError, ValueError) as err:
+            raise DataError(f"{where}: cannot read an array ({err})") from None
 
-    raw = RawData(x_train=x(x_train), y_train=y(y_train), x_test=x(x_test), y_test=y(y_test))
-    for split in ("train", "test"):
-        xs, ys = getattr(raw, f"x_{split}"), getattr(raw, f"y_{split}")
-        if xs.shape[0] != ys.shape[0]:
-            raise DataError(
-                f"{where}: x_{split} has {xs.shape[0]} rows but y_{split} has {ys.shape[0]}"
-            )
-        if xs.shape[0] == 0:
-            raise DataError(f"{where}: the {split} split is empty")
-    if int(min(raw.y_train.min(), raw.y_test.min())) < 0:
-        raise DataError(f"{where}: labels must be class indices 0..C-1, found a negative label")
-    return raw
+    return RawData(x_train=t(x_train), y_train=t(y_train), x_test=t(x_test), y_test=t(y_test))
 
 
 def _standardize(raw: RawData) -> RawData:
     """Scale inputs by the training set's mean and std (computed, not hard-coded)."""
+    raw = replace(raw, x_train=raw.x_train.float(), x_test=raw.x_test.float())
     mean, std = raw.x_train.mean(), raw.x_train.std().clamp_min(1e-8)
     return replace(raw, x_train=(raw.x_train - mean) / std, x_test=(raw.x_test - mean) / std)
 
@@ -214,15 +213,35 @@ def make_synthetic(
     classes: int = 4,
     separation: float = 1.5,
     label_noise: float = 0.0,
+    outputs: int = 1,
+    noise: float = 0.1,
     seed: int = 0,
 ) -> RawData:
-    """A seeded classification task: a Gaussian mixture, or labels from a random teacher MLP."""
-    if kind not in ("mixture", "teacher"):
-        raise DataError(f"dataset_args.kind: {kind!r} is unknown; use mixture or teacher")
-    if min(n_train, n_test, dim) <= 0 or classes < 2:
-        raise DataError("dataset_args: need n_train, n_test, dim > 0 and classes >= 2")
+    """A seeded task: classification of a Gaussian mixture or of a random teacher MLP's argmax,
+    or (`kind = "regression"`) regression on the teacher's `outputs` real outputs plus Gaussian
+    noise of std `noise` (targets `[N]` when `outputs` is 1, else `[N, outputs]`)."""
+    if kind not in ("mixture", "teacher", "regression"):
+        raise DataError(
+            f"dataset_args.kind: {kind!r} is unknown; use mixture, teacher or regression"
+        )
+    if min(n_train, n_test, dim) <= 0 or classes < 2 or outputs < 1 or noise < 0:
+        raise DataError(
+            "dataset_args: need n_train, n_test, dim, outputs > 0, classes >= 2 and noise >= 0"
+        )
     g = torch.Generator().manual_seed(seed)
     n = n_train + n_test
+    if kind == "regression":
+        hidden = 4 * dim
+        w1 = torch.randn(dim, hidden, generator=g) / dim**0.5
+        w2 = torch.randn(hidden, outputs, generator=g) / hidden**0.5
+        x = torch.randn(n, dim, generator=g)
+        t = torch.relu(x @ w1) @ w2
+        t = (t - t.mean(0)) / t.std(0).clamp_min(1e-8)  # unit-variance targets: R^2 reads plainly
+        t = t + noise * torch.randn(n, outputs, generator=g)
+        t = t[:, 0] if outputs == 1 else t
+        return RawData(
+            x_train=x[:n_train], y_train=t[:n_train], x_test=x[n_train:], y_test=t[n_train:]
+        )
     if kind == "mixture":
         means = torch.randn(classes, dim, generator=g) * separation
         y = torch.randint(0, classes, (n,), generator=g)
@@ -245,7 +264,7 @@ def _synthetic(args: Mapping[str, Any], data_dir: Path | None) -> RawData:
     except TypeError as err:
         raise DataError(
             f"dataset_args: {err}; synthetic takes kind, n_train, n_test, dim, classes, "
-            "separation, label_noise, seed"
+            "separation, label_noise, outputs, noise, seed"
         ) from None
 
 
@@ -265,19 +284,6 @@ def load_npz(path: Path) -> RawData:
     except (OSError, ValueError) as err:
         raise DataError(f"cannot read npz dataset {path}: {err}") from None
     return _as_raw(**arrays, where=str(path))
-
-
-def resolve_callable(ref: str, *, field: str) -> Callable[..., Any]:
-    """Import `package.module:function`, with a one-line error naming the field."""
-    module_name, _, attr = ref.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise DataError(f"{field}: cannot import module {module_name!r} ({err})") from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise DataError(f"{field}: {module_name!r} has no function {attr!r}")
-    return fn  # type: ignore[no-any-return]
 
 
 def _user_dataset(ref: str, args: Mapping[str, Any]) -> RawData:
@@ -324,8 +330,11 @@ def split(
     val_fraction: float,
     data_seed: int,
     train_subset: int | None = None,
+    task: Task | None = None,
 ) -> Dataset:
-    """Hold out `val_fraction` of train with a fixed seed; then keep `train_subset` examples."""
+    """Hold out `val_fraction` of train with a fixed seed; then keep `train_subset` examples.
+    `raw` must already be prepared for `task` (classification when None)."""
+    task = task if task is not None else Classification()
     n = int(raw.x_train.shape[0])
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(data_seed))
     n_val = round(val_fraction * n)
@@ -336,7 +345,7 @@ def split(
                 f"train_subset: {train_subset} is more than the {len(train_idx)} training examples"
             )
         train_idx = train_idx[:train_subset]
-    num_classes = int(max(raw.y_train.max(), raw.y_test.max())) + 1
+    num_classes = task.output_size(raw.arrays())
     return Dataset(
         name=name,
         x_train=raw.x_train[train_idx].contiguous(),
@@ -346,6 +355,7 @@ def split(
         x_test=raw.x_test.contiguous(),
         y_test=raw.y_test.contiguous(),
         num_classes=num_classes,
+        task=task,
     )
 
 
@@ -357,9 +367,19 @@ def load_dataset(
     val_fraction: float = 0.1,
     data_seed: int = 0,
     train_subset: int | None = None,
+    task: str | None = None,
+    task_args: Mapping[str, Any] | None = None,
 ) -> Dataset:
-    """Load and split a dataset; every failure is a one-line DataError."""
+    """Load and split a dataset for its task (the one named, or the one the data implies);
+    every failure is a one-line DataError."""
     raw = load_raw(name, args or {}, data_dir)
+    resolved = resolve_task(task, task_args, raw.arrays())
+    raw = RawData.of(resolved.prepare(raw.arrays(), where=name))
     return split(
-        raw, name=name, val_fraction=val_fraction, data_seed=data_seed, train_subset=train_subset
+        raw,
+        name=name,
+        val_fraction=val_fraction,
+        data_seed=data_seed,
+        train_subset=train_subset,
+        task=resolved,
     )

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from batchlab.probes.base import LossFn
+from batchlab.tasks import Task
 
 DEFAULT_ALPHAS: tuple[float, ...] = tuple(float(a) for a in np.linspace(-1.0, 2.0, 31))
 
@@ -29,10 +30,13 @@ def interpolate(
     y: torch.Tensor,
     loss_fn: LossFn = F.cross_entropy,
     alphas: Iterable[float] = DEFAULT_ALPHAS,
+    task: Task | None = None,
 ) -> list[tuple[float, float, float]]:
-    """[(alpha, loss, accuracy)] of `model` at w(alpha) on (x, y), in eval mode.
+    """[(alpha, loss, score)] of `model` at w(alpha) on (x, y), in eval mode.
 
-    Accuracy is argmax(logits) == y. The model's own state and train/eval mode are restored.
+    With a task, the loss and score are the task's (R^2 for regression...); without one, the
+    loss is `loss_fn` and the score accuracy, argmax(logits) == y. The model's own state and
+    train/eval mode are restored.
     """
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
     was_training = [m.training for m in model.modules()]
@@ -46,8 +50,13 @@ def interpolate(
             }
             model.load_state_dict(mixed)
             logits = model(x)
-            loss = float(loss_fn(logits, y))
-            acc = float((logits.argmax(dim=1) == y).double().mean())
+            if task is not None:
+                units = float(task.units(y))
+                loss = float(task.sum_loss(logits, y)) / units
+                acc = task.score(task.score_stats(logits, y), units)
+            else:
+                loss = float(loss_fn(logits, y))
+                acc = float((logits.argmax(dim=1) == y).double().mean())
             out.append((float(alpha), loss, acc))
     finally:
         model.load_state_dict(saved)

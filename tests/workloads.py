@@ -1,0 +1,65 @@
+"""Tiny user workloads for the task tests: token data, a language model and a custom task.
+
+They live in an importable module because a spec names them as `package.module:function`, the
+way a user names their own code.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from batchlab.tasks import Task
+
+
+def tokens(
+    *, n_train: int = 96, n_test: int = 32, context: int = 12, vocab: int = 11, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sequences of a noisy Markov chain (next = 3 * t + 1 mod vocab, 80% of the time), as
+    inputs x[:, :-1] and next-token targets x[:, 1:] of shape [N, context]."""
+    g = torch.Generator().manual_seed(seed)
+    n = n_train + n_test
+    seq = torch.empty(n, context + 1, dtype=torch.int64)
+    seq[:, 0] = torch.randint(0, vocab, (n,), generator=g)
+    for t in range(context):
+        follow = (3 * seq[:, t] + 1) % vocab
+        noise = torch.randint(0, vocab, (n,), generator=g)
+        seq[:, t + 1] = torch.where(torch.rand(n, generator=g) < 0.8, follow, noise)
+    x, y = seq[:, :-1].contiguous(), seq[:, 1:].contiguous()
+    return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
+
+
+def bigram(*, input_shape: tuple[int, ...], num_classes: int, width: int = 16) -> nn.Module:
+    """Token embedding then a linear read-out: logits [B, T, V] for tokens [B, T]."""
+    return nn.Sequential(nn.Embedding(num_classes, width), nn.Linear(width, num_classes))
+
+
+class Huber(Task):
+    """A user's task: Huber loss on real targets, score = fraction within `tol` of the target."""
+
+    name = "huber"
+    loss_label = "Huber"
+    score_label = "within tolerance"
+
+    def __init__(self, *, tol: float = 0.5) -> None:
+        self.tol = tol
+
+    def output_size(self, arrays: tuple[torch.Tensor, ...]) -> int:  # type: ignore[override]
+        return 1
+
+    def prepare(self, arrays, *, where):  # type: ignore[no-untyped-def]
+        return tuple(a.float() for a in arrays)
+
+    def mean_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.huber_loss(out[:, 0], y)
+
+    def score_stats(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return ((out[:, 0] - y).abs() < self.tol).sum()
+
+    def score(self, stats: torch.Tensor, units: float) -> float:
+        return float(stats.item()) / units
+
+
+def huber(*, tol: float = 0.5) -> Task:
+    return Huber(tol=tol)
