@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from dataclasses import replace
 
 import torch
 
 from batchlab.data import Dataset, load_dataset
+from batchlab.data.rows import TensorRows
 from batchlab.engine import Checkpoint, resolve_device, train_trial
 from batchlab.fused import can_fuse, train_group
 from batchlab.probes import ProbeRecord
@@ -77,16 +79,7 @@ def main() -> None:
     device = resolve_device(args.device)
     data = load_dataset("fashion-mnist", val_fraction=0.0, train_subset=args.n).to(device)
     # evaluation is excluded from both clocks; keep the test split small so runs stay short
-    data = Dataset(
-        name=data.name,
-        x_train=data.x_train,
-        y_train=data.y_train,
-        x_val=data.x_val,
-        y_val=data.y_val,
-        x_test=data.x_test[:1000],
-        y_test=data.y_test[:1000],
-        num_classes=data.num_classes,
-    )
+    data = replace(data, test=TensorRows(data.x_test[:1000], data.y_test[:1000]))
     print(
         f"MLP 784-{'-'.join(map(str, args.widths))}-10, {args.seeds} seeds per group,"
         f" {data.n_train} examples, 1 epoch, device {device}, torch {torch.__version__},"

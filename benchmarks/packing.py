@@ -24,6 +24,7 @@ import torch
 import torch.multiprocessing as mp
 
 from batchlab.data import Dataset, load_dataset
+from batchlab.data.rows import TensorRows
 from batchlab.engine import train_trial
 from batchlab.executor import PACK_MAX_BATCH, usable_cores
 from batchlab.spec import StudySpec
@@ -73,7 +74,7 @@ def main() -> None:
     cores = usable_cores()
     data = load_dataset("fashion-mnist", val_fraction=0.0, train_subset=args.n)
     # Evaluations are excluded from the engine's clock; a small test split keeps them short.
-    data = replace(data, x_test=data.x_test[:256], y_test=data.y_test[:256])
+    data = replace(data, test=TensorRows(data.x_test[:256], data.y_test[:256]))
     for t in (data.x_train, data.y_train, data.x_test, data.y_test):
         t.share_memory_()  # type: ignore[no-untyped-call]
     ctx = mp.get_context("spawn")

@@ -54,7 +54,7 @@ def regression_data() -> Dataset:
     w_star = torch.linspace(-1.0, 1.0, DIM)
     y = x @ w_star + 0.5 * torch.randn(N, generator=g)
     empty = torch.zeros(0, DIM)
-    return Dataset(
+    return Dataset.from_tensors(
         name="regression",
         x_train=x,
         y_train=y,

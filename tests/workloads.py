@@ -6,6 +6,8 @@ way a user names their own code.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -63,3 +65,29 @@ class Huber(Task):
 
 def huber(*, tol: float = 0.5) -> Task:
     return Huber(tol=tol)
+
+
+class Items(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """A map-style Dataset over tensors, read one item at a time (as a decoder would)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, *, as_dict: bool = False) -> None:
+        self.x, self.y, self.as_dict = x, y, as_dict
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def __getitem__(self, i: int) -> Any:
+        if self.as_dict:
+            return {"image": self.x[i], "label": self.y[i]}
+        return self.x[i], self.y[i]
+
+
+def synthetic_items(*, as_dict: bool = False, **args: Any) -> tuple[Items, Items]:
+    """batchlab's synthetic data as (train, test) map-style Datasets."""
+    from batchlab.data import make_synthetic
+
+    raw = make_synthetic(**args)
+    return (
+        Items(raw.x_train, raw.y_train, as_dict=as_dict),
+        Items(raw.x_test, raw.y_test, as_dict=as_dict),
+    )

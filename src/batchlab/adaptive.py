@@ -290,7 +290,7 @@ def _run_pool(
 ) -> None:
     name = prepared.spec.name
     n_train = prepared.data.n_train
-    n_val = int(prepared.data.x_val.shape[0])
+    n_val = len(prepared.data.val)
     totals: dict[str, int] = {}
     for t in pool:
         total = planned_steps(t, n_train)

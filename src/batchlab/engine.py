@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from batchlab.data import Dataset
+from batchlab.data.rows import Rows
 from batchlab.fastpath import MLPStep
 from batchlab.lr import warmup_lr
 from batchlab.models import build_model
@@ -145,32 +146,35 @@ def sgd_step(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]) -
 
 
 @torch.inference_mode()
-def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, task: Task | None = None
-) -> tuple[float, float]:
-    """The task's mean loss and score over (x, y), in large chunks; NaN for an empty split.
+def evaluate(model: nn.Module, rows: Rows, batch: int, task: Task) -> tuple[float, float]:
+    """The task's mean loss and score over a split's rows, in chunks; NaN for an empty split.
 
     Losses are summed in float64 and the score from additive statistics, so the result does not
-    depend on the chunk size. The task defaults to classification (cross-entropy, accuracy).
+    depend on the chunk size.
     """
-    task = task if task is not None else Classification()
-    if x.shape[0] == 0:
+    if len(rows) == 0:
         return math.nan, math.nan
     was_training = model.training
     model.eval()
-    loss = torch.zeros((), device=x.device, dtype=torch.float64)
-    units = torch.zeros((), device=x.device, dtype=torch.int64)
+    loss: torch.Tensor | None = None
+    units: int | torch.Tensor = 0
     stats: torch.Tensor | None = None
-    for i in range(0, x.shape[0], batch):
-        out, yc = model(x[i : i + batch]), y[i : i + batch]
-        loss += task.sum_loss(out, yc).double()
-        units += task.units(yc)
+    for xc, yc in rows.chunks(batch):
+        out = model(xc)
+        part = task.sum_loss(out, yc).double()
+        loss = part if loss is None else loss + part
+        units = units + task.units(yc)
         s = task.score_stats(out, yc)
         stats = s if stats is None else stats + s
     model.train(was_training)
-    n = int(units.item())  # one sync per split (and one in score)
-    assert stats is not None
+    assert loss is not None and stats is not None
+    n = float(units)  # one sync per split (and one in score)
     return loss.item() / n, task.score(stats, n)
+
+
+NAN_PAIR = (math.nan, math.nan)
+PROBE_POOL = 4096
+"""Training rows probes draw from when the data is a Dataset read by index."""
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -267,8 +271,7 @@ def train_trial(
     if stop_at_step is not None and stop_at_step < 1:
         raise ValueError(f"stop_at_step must be >= 1, got {stop_at_step}")
     spec, budget, task = trial.study, trial.budget, data.task
-    x, y = data.x_train, data.y_train
-    n = x.shape[0]
+    n = data.n_train
     total_steps = planned_steps(trial, n)
     # Reading the loss forces a device sync; on CPU that is free, on CUDA do it every 25 steps.
     check_every = 1 if device.type == "cpu" else 25
@@ -293,11 +296,14 @@ def train_trial(
         if spec.probes
         else None
     )
+    # Probes draw their own examples from the training set: all of it when it is in memory, its
+    # first PROBE_POOL rows (already in the seeded split order) for a Dataset read by index.
+    probe_x, probe_y = data.train.head(len(data.train) if data.in_memory else PROBE_POOL)
     probe_ctx = ProbeContext(
         model=model,
         loss_fn=task.mean_loss,
-        x_train=x,
-        y_train=y,
+        x_train=probe_x,
+        y_train=probe_y,
         step=0,
         batch_size=trial.batch_size,
         generator=probe_generator(trial.seed),
@@ -365,9 +371,9 @@ def train_trial(
         if key is not None and key in data.memo:
             val, test, tr = data.memo[key]
         else:
-            val = evaluate(model, data.x_val, data.y_val, spec.eval_batch_size, task)
-            test = evaluate(model, data.x_test, data.y_test, spec.eval_batch_size, task)
-            tr = evaluate(model, x, y, spec.eval_batch_size, task) if full else (math.nan, math.nan)
+            val = evaluate(model, data.val, spec.eval_batch_size, task)
+            test = evaluate(model, data.test, spec.eval_batch_size, task)
+            tr = evaluate(model, data.train, spec.eval_batch_size, task) if full else NAN_PAIR
             if key is not None:
                 data.memo[key] = (val, test, tr)
         eval_time = time.perf_counter() - t0
@@ -425,7 +431,7 @@ def train_trial(
         B, epoch_lr = epoch_plan(trial, epoch, n)
         set_lr(epoch_lr)
         micro = B // spec.accumulate  # gradient accumulation: k micro-batches, one update
-        perm = torch.randperm(n, generator=shuffle).to(device)
+        perm = torch.randperm(n, generator=shuffle)  # on the CPU: the order on every device
         loss_sum = torch.zeros((), device=device)
         stats: torch.Tensor | None = None  # the task's score statistics, summed on the device
         seen = 0
@@ -433,16 +439,14 @@ def train_trial(
         probe_time = 0.0
         _sync(device)
         t_start = time.perf_counter()
-        for i in range(0, n, B):
+        for xb, yb in data.train.batches(perm, B):
             if step < warmup_steps:
                 set_lr(
                     warmup_lr(step, lr_ref=trial.lr_base, lr=epoch_lr, warmup_steps=warmup_steps)
                 )
             elif step == warmup_steps and warmup_steps:
                 set_lr(epoch_lr)
-            idx = perm[i : i + B]
-            xb, yb = x[idx], y[idx]
-            bs = idx.shape[0]
+            bs = int(yb.shape[0])
             due = suite is not None and suite.due(step + 1)
             fast = None if due else fast_step  # a probed step reads gradients: autograd
             units: int | torch.Tensor

@@ -313,7 +313,7 @@ class LocalPool:
     def __init__(
         self, data: Dataset, device_name: str, *, workers: int, budget: int | None
     ) -> None:
-        if data.x_train.device.type == "cpu":
+        if data.in_memory and data.x_train.device.type == "cpu":
             for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
                 getattr(data, name).share_memory_()
         self._data, self._device_name = data, device_name
@@ -566,7 +566,8 @@ def run_trials(
         )
         order = order_for_pool(todo, prepared.data.n_train)
     in_process = isinstance(backend, InProcess)
-    fuses = isinstance(prepared.data.task, Classification)  # the stacked step is cross-entropy's
+    # The stacked step is cross-entropy's, on tensors held on the device.
+    fuses = isinstance(prepared.data.task, Classification) and prepared.data.on_device
     if (
         in_process
         and fuses

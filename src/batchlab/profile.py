@@ -353,7 +353,10 @@ def profile_hardware(
         num_classes=data.num_classes,
         seed=seed,
     ).to(dev)
-    x_all, y_all = data.x_train.to(dev), data.y_train.to(dev)
+    # Batches are drawn with replacement from the training rows (the first 4096 of a Dataset
+    # read by index: a profile measures speed and memory, not learning).
+    x_all, y_all = data.train.head(len(data.train) if data.in_memory else 4096)
+    x_all, y_all = x_all.to(dev), y_all.to(dev)
     example = x_all[:1]
     flops_per_sample = 6.0 * count_macs(net, example)
     act_bytes = activation_bytes_per_sample(net, example)

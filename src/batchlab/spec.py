@@ -31,7 +31,17 @@ DATA_FIELDS = frozenset(
 # Fields that say where and how fast to run, not what to run: they do not enter a trial's id,
 # so a study started on one device can be resumed on another.
 EXECUTION_FIELDS = frozenset(
-    {"device", "threads", "save_weights", "adaptive", "workers", "executor", "ray_address", "fuse"}
+    {
+        "device",
+        "threads",
+        "save_weights",
+        "adaptive",
+        "workers",
+        "executor",
+        "ray_address",
+        "fuse",
+        "data_workers",
+    }
 )
 
 
@@ -191,7 +201,8 @@ class StudySpec(_Frozen):
     """Free text, shown by batchlab presets and in reports."""
     dataset: str = "fashion-mnist"
     """fashion-mnist, mnist, kmnist, mnist1d, digits, synthetic, npz:PATH, or
-    package.module:function returning (x_train, y_train, x_test, y_test)."""
+    package.module:function returning (x_train, y_train, x_test, y_test) arrays or (train, test)
+    map-style torch Datasets."""
     dataset_args: dict[str, Any] = Field(default_factory=dict)
     """Options of the dataset, e.g. synthetic: kind, n_train, dim, classes; mnist1d:
     make_dataset options."""
@@ -282,6 +293,9 @@ class StudySpec(_Frozen):
     """Where trials run: local processes, or a Ray cluster."""
     ray_address: str | None = None
     """With executor = "ray": the cluster to join (unset: start one)."""
+    data_workers: int = Field(default=0, ge=0)
+    """DataLoader worker processes reading a map-style Dataset (0: read in the trial's process);
+    in-memory tensors never use them."""
     fuse: bool | Literal["auto"] = "auto"
     """Train trials that differ only in seed and lr as one batched step (batchlab.fused): auto
     (on CUDA, one trial after another), true (on any device), false (never)."""

@@ -62,6 +62,8 @@ TRIAL_COLUMNS = [
     "optimizer",
     "dataset",
     "model",
+    "task",
+    "batch_tokens",
 ]
 
 
@@ -95,6 +97,7 @@ class Study:
         """One row per trial per evaluation (a trial with no evaluation still gets one row)."""
         rows: list[dict[str, Any]] = []
         blank = dict.fromkeys(EvalRecord.columns(), float("nan"))
+        info = self.task
         for t in self.trials:
             head = {
                 "study": t.study,
@@ -113,15 +116,13 @@ class Study:
                 "optimizer": t.params.get("optimizer"),
                 "dataset": t.params.get("dataset"),
                 "model": t.params.get("model"),
+                "task": info.task,
+                # the batch in tokens (a language model) as well as in sequences
+                "batch_tokens": t.batch_size * info.tokens_per_sample,
             }
             for e in t.evals or (None,):
                 rows.append({**head, **(e.as_dict() if e is not None else blank)})
-        df = pd.DataFrame(rows, columns=[*TRIAL_COLUMNS, *EvalRecord.columns()])
-        info = self.task
-        df["task"] = info.task
-        # A language model's batch counted in tokens as well as in sequences.
-        df["batch_tokens"] = df["batch_size"] * info.tokens_per_sample
-        return df
+        return pd.DataFrame(rows, columns=[*TRIAL_COLUMNS, *EvalRecord.columns()])
 
     def probes_dataframe(self) -> pd.DataFrame:
         """Probe records in long form: one row per trial, step, probe and key."""
@@ -237,6 +238,7 @@ def load_study_data(spec: StudySpec, *, data_dir: Path | None = None) -> Dataset
         train_subset=spec.train_subset,
         task=spec.task,
         task_args=spec.task_args,
+        workers=spec.data_workers,
     )
 
 
@@ -261,12 +263,28 @@ def prepare(spec: StudySpec, *, data_dir: Path | None = None) -> PreparedStudy:
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as err:
         raise SpecError(f"device: {spec.device!r} is not usable here ({err}); use cpu") from None
-    return PreparedStudy(spec=spec, data=data.to(device), device=device)
+    return PreparedStudy(
+        spec=spec, data=data.to(device, budget_bytes=device_data_budget(device)), device=device
+    )
+
+
+DEVICE_DATA_SHARE = 0.5
+"""The share of a GPU's free memory the dataset may take; larger data stays in host memory."""
+
+
+def device_data_budget(device: torch.device) -> int | None:
+    """How many bytes of tensors may be moved to `device` once per study (None: no limit)."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(DEVICE_DATA_SHARE * free)
 
 
 def task_provenance(data: Dataset) -> dict[str, Any]:
     """The task's labels and tokens per example, stored with each trial (`Study.task`)."""
-    units = float(data.task.units(data.y_train)) / max(1, data.n_train)
+    n = min(len(data.train), 4096) if not data.in_memory else len(data.train)
+    _, y = data.train.head(n)  # a Dataset read by index: the mean over its first rows
+    units = float(data.task.units(y)) / max(1, n)
     return replace(data.task.describe(), tokens_per_sample=units).as_dict()
 
 
@@ -442,8 +460,7 @@ def interpolate_trials(
         model,
         wa,
         wb,
-        data.x_train[:max_examples],
-        data.y_train[:max_examples],
+        *data.train.head(max_examples),
         alphas=alphas,
         task=data.task,
     )
@@ -451,8 +468,7 @@ def interpolate_trials(
         model,
         wa,
         wb,
-        data.x_test[:max_examples],
-        data.y_test[:max_examples],
+        *data.test.head(max_examples),
         alphas=alphas,
         task=data.task,
     )

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import r2_score
 
+from batchlab.data.rows import TensorRows
 from batchlab.engine import evaluate
 from batchlab.errors import DataError
 from batchlab.tasks import Arrays, infer_task, make_task, resolve_task
@@ -36,7 +37,7 @@ def test_r2_matches_scikit_learn_multioutput_for_any_chunking(chunk: int) -> Non
     y = torch.randn(50, 3, generator=g) * torch.tensor([1.0, 5.0, 0.1])
     pred = y + 0.7 * torch.randn(50, 3, generator=g)
     rows = torch.arange(50)
-    loss, r2 = evaluate(Fixed(pred), rows, y, chunk, Regression())
+    loss, r2 = evaluate(Fixed(pred), TensorRows(rows, y), chunk, Regression())
     assert r2 == pytest.approx(r2_score(y.double().numpy(), pred.double().numpy()), rel=1e-9)
     assert loss == pytest.approx(float(((pred - y) ** 2).mean()), rel=1e-6)
 
@@ -108,7 +109,7 @@ def test_token_weighted_micro_batches_give_the_full_batch_gradient() -> None:
 def test_classification_evaluation_is_cross_entropy_and_accuracy() -> None:
     g = torch.Generator().manual_seed(2)
     logits, y = torch.randn(30, 4, generator=g), torch.randint(0, 4, (30,), generator=g)
-    loss, acc = evaluate(Fixed(logits), torch.arange(30), y, 8, Classification())
+    loss, acc = evaluate(Fixed(logits), TensorRows(torch.arange(30), y), 8, Classification())
     assert loss == pytest.approx(float(F.cross_entropy(logits.double(), y)), rel=1e-6)
     assert acc == int((logits.argmax(1) == y).sum()) / 30
 

@@ -8,7 +8,7 @@ tensors ready to be moved to the device once per study.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from batchlab.data.idx import read_idx
+from batchlab.data.rows import MappedRows, Rows, TensorRows, collate
 from batchlab.errors import DataError
 from batchlab.plugins import resolve_callable
 from batchlab.tasks import Arrays, Task, resolve_task
@@ -54,38 +55,111 @@ class RawData:
 
 @dataclass(frozen=True, kw_only=True)
 class Dataset:
-    """A dataset split into train / val / test, as tensors, with the task that trains on it."""
+    """A dataset split into train / val / test rows, with the task that trains on it.
+
+    Rows are tensors held in memory (`TensorRows`: every built-in and array loader) or a user's
+    map-style `torch.utils.data.Dataset` read by index (`MappedRows`). `x_train` and friends are
+    the tensors of in-memory data; code that needs every row as a tensor checks `in_memory`.
+    """
 
     name: str
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
+    train: Rows
+    val: Rows
+    test: Rows
     num_classes: int
     """What the model's output layer produces: classes, regression targets, or the vocabulary."""
+    input_shape: tuple[int, ...]
     task: Task = field(default_factory=Classification, compare=False)
     # Results computed once per dataset and shared by the trials that train on it (the engine
     # keeps each initial model's evaluation here: trials that differ only in batch size or lr
     # start from the same weights). Not part of the data: never compared, never copied.
     memo: dict[Hashable, Any] = field(default_factory=dict, compare=False, repr=False)
 
+    @classmethod
+    def from_tensors(
+        cls,
+        *,
+        name: str,
+        x_train: torch.Tensor,
+        y_train: torch.Tensor,
+        x_val: torch.Tensor,
+        y_val: torch.Tensor,
+        x_test: torch.Tensor,
+        y_test: torch.Tensor,
+        num_classes: int,
+        task: Task | None = None,
+    ) -> Dataset:
+        return cls(
+            name=name,
+            train=TensorRows(x_train, y_train),
+            val=TensorRows(x_val, y_val),
+            test=TensorRows(x_test, y_test),
+            num_classes=num_classes,
+            input_shape=tuple(x_train.shape[1:]),
+            task=task if task is not None else Classification(),
+        )
+
     @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.x_train.shape[1:])
+    def in_memory(self) -> bool:
+        """Every split is a tensor (not a Dataset read by index)."""
+        return all(isinstance(r, TensorRows) for r in (self.train, self.val, self.test))
+
+    @property
+    def on_device(self) -> bool:
+        """Every split is a tensor moved to the device once (not served from host memory)."""
+        rows = (self.train, self.val, self.test)
+        return all(isinstance(r, TensorRows) and r.host_for is None for r in rows)
+
+    def _tensors(self, rows: Rows) -> TensorRows:
+        if not isinstance(rows, TensorRows):
+            raise DataError(
+                f"dataset {self.name}: this needs the data in memory as tensors, and it is a "
+                "Dataset read by index; return (x_train, y_train, x_test, y_test) arrays instead"
+            )
+        return rows
+
+    @property
+    def x_train(self) -> torch.Tensor:
+        return self._tensors(self.train).x
+
+    @property
+    def y_train(self) -> torch.Tensor:
+        return self._tensors(self.train).y
+
+    @property
+    def x_val(self) -> torch.Tensor:
+        return self._tensors(self.val).x
+
+    @property
+    def y_val(self) -> torch.Tensor:
+        return self._tensors(self.val).y
+
+    @property
+    def x_test(self) -> torch.Tensor:
+        return self._tensors(self.test).x
+
+    @property
+    def y_test(self) -> torch.Tensor:
+        return self._tensors(self.test).y
 
     @property
     def n_train(self) -> int:
-        return int(self.x_train.shape[0])
+        return len(self.train)
 
-    def to(self, device: torch.device) -> Dataset:
-        """The same dataset with every tensor on `device` (done once per study, not per batch)."""
-        moved = {
-            k: getattr(self, k).to(device)
-            for k in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
-        }
-        return replace(self, **moved)
+    def to(self, device: torch.device, *, budget_bytes: int | None = None) -> Dataset:
+        """The same dataset on `device`: tensors moved once per study (not per batch), unless the
+        dataset is larger than `budget_bytes`, when its tensors stay in host memory and each batch
+        is moved as it is served; a Dataset read by index moves each batch as it is read."""
+        total = sum(
+            r.nbytes for r in (self.train, self.val, self.test) if isinstance(r, TensorRows)
+        )
+        budget = None if budget_bytes is None or total <= budget_bytes else 0
+        return replace(
+            self,
+            train=self.train.to(device, budget_bytes=budget),
+            val=self.val.to(device, budget_bytes=budget),
+            test=self.test.to(device, budget_bytes=budget),
+        )
 
 
 Loader = Callable[[Mapping[str, Any], Path | None], RawData]
@@ -286,9 +360,27 @@ def load_npz(path: Path) -> RawData:
     return _as_raw(**arrays, where=str(path))
 
 
-def _user_dataset(ref: str, args: Mapping[str, Any]) -> RawData:
+@dataclass(frozen=True, kw_only=True)
+class MappedRaw:
+    """A user's (train, test) map-style Datasets, as their function returned them."""
+
+    train: Any
+    test: Any
+
+
+def _is_map_dataset(obj: Any) -> bool:
+    return (
+        hasattr(obj, "__getitem__")
+        and hasattr(obj, "__len__")
+        and not isinstance(obj, torch.Tensor | np.ndarray | list | tuple | Mapping)
+    )
+
+
+def _user_dataset(ref: str, args: Mapping[str, Any]) -> RawData | MappedRaw:
     fn = resolve_callable(ref, field="dataset")
     out = fn(**args)
+    if isinstance(out, tuple | list) and len(out) == 2 and all(map(_is_map_dataset, out)):
+        return MappedRaw(train=out[0], test=out[1])
     if isinstance(out, Mapping):
         try:
             out = tuple(out[k] for k in IDX_FILES)
@@ -296,7 +388,8 @@ def _user_dataset(ref: str, args: Mapping[str, Any]) -> RawData:
             raise DataError(f"dataset {ref}: returned dict lacks {err}") from None
     if not isinstance(out, tuple | list) or len(out) != 4:
         raise DataError(
-            f"dataset {ref}: must return (x_train, y_train, x_test, y_test) as tensors or arrays"
+            f"dataset {ref}: must return (x_train, y_train, x_test, y_test) as tensors or "
+            "arrays, or (train, test) map-style torch Datasets"
         )
     return _as_raw(*out, where=ref)
 
@@ -311,7 +404,9 @@ BUILTIN: dict[str, Loader] = {
 }
 
 
-def load_raw(name: str, args: Mapping[str, Any], data_dir: Path | None = None) -> RawData:
+def load_raw(
+    name: str, args: Mapping[str, Any], data_dir: Path | None = None
+) -> RawData | MappedRaw:
     """Dispatch a dataset name: a built-in, `npz:PATH`, or `package.module:function`."""
     if name in BUILTIN:
         return BUILTIN[name](args, data_dir)
@@ -321,6 +416,23 @@ def load_raw(name: str, args: Mapping[str, Any], data_dir: Path | None = None) -
         return _user_dataset(name, args)
     valid = ", ".join([*BUILTIN, "npz:PATH", "package.module:function"])
     raise DataError(f"dataset: unknown dataset {name!r}; use one of {valid}")
+
+
+def split_index(
+    n: int, *, val_fraction: float, data_seed: int, train_subset: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train rows, val rows) of a training set of `n`: `val_fraction` held out with a fixed seed,
+    then the first `train_subset` of the rest kept."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(data_seed))
+    n_val = round(val_fraction * n)
+    val_idx, train_idx = perm[:n_val], perm[n_val:]
+    if train_subset is not None:
+        if train_subset > len(train_idx):
+            raise DataError(
+                f"train_subset: {train_subset} is more than the {len(train_idx)} training examples"
+            )
+        train_idx = train_idx[:train_subset]
+    return train_idx, val_idx
 
 
 def split(
@@ -335,18 +447,14 @@ def split(
     """Hold out `val_fraction` of train with a fixed seed; then keep `train_subset` examples.
     `raw` must already be prepared for `task` (classification when None)."""
     task = task if task is not None else Classification()
-    n = int(raw.x_train.shape[0])
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(data_seed))
-    n_val = round(val_fraction * n)
-    val_idx, train_idx = perm[:n_val], perm[n_val:]
-    if train_subset is not None:
-        if train_subset > len(train_idx):
-            raise DataError(
-                f"train_subset: {train_subset} is more than the {len(train_idx)} training examples"
-            )
-        train_idx = train_idx[:train_subset]
+    train_idx, val_idx = split_index(
+        int(raw.x_train.shape[0]),
+        val_fraction=val_fraction,
+        data_seed=data_seed,
+        train_subset=train_subset,
+    )
     num_classes = task.output_size(raw.arrays())
-    return Dataset(
+    return Dataset.from_tensors(
         name=name,
         x_train=raw.x_train[train_idx].contiguous(),
         y_train=raw.y_train[train_idx].contiguous(),
@@ -356,6 +464,78 @@ def split(
         y_test=raw.y_test.contiguous(),
         num_classes=num_classes,
         task=task,
+    )
+
+
+SAMPLE_ITEMS = 64
+"""Items of a map-style Dataset read to infer and check its task (the first of each split)."""
+
+
+def _sample(dataset: Any, *, where: str) -> Arrays:
+    """The first items of a Dataset, stacked as they are (no cast), twice: as train and test."""
+    n = min(SAMPLE_ITEMS, len(dataset))
+    if n == 0:
+        raise DataError(f"{where}: the Dataset is empty")
+    x, y = collate([dataset[i] for i in range(n)], _AsIs(), where=where)
+    return x, y, x, y
+
+
+class _AsIs(Classification):
+    def cast(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, y
+
+
+def _output_size(raw: MappedRaw, task: Task, sample: Arrays, *, where: str) -> int:
+    """Classes (or vocabulary): the Dataset's `num_classes` or `classes` attribute when it has
+    one, else one pass over every item of both splits; regression: from a sample."""
+    for attr in ("num_classes", "vocab_size"):
+        value = getattr(raw.train, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    classes = getattr(raw.train, "classes", None)
+    if isinstance(classes, Sequence) and len(classes) > 0:
+        return len(classes)
+    if task.name not in ("classification", "language-model"):
+        return task.output_size(sample)
+    top = 0
+    for ds in (raw.train, raw.test):
+        for i in range(len(ds)):
+            x, y = collate([ds[i]], _AsIs(), where=where)
+            top = max(top, int(y.max()), int(x.max()) if task.name == "language-model" else 0)
+    return top + 1
+
+
+def load_mapped(
+    raw: MappedRaw,
+    *,
+    name: str,
+    task: str | None,
+    task_args: Mapping[str, Any] | None,
+    val_fraction: float,
+    data_seed: int,
+    train_subset: int | None,
+    workers: int = 0,
+) -> Dataset:
+    """A user's map-style Datasets as rows read by index (nothing is loaded up front): the
+    validation split is held out of train's rows with `data_seed`, like array data."""
+    sample = _sample(raw.train, where=name)
+    resolved = resolve_task(task, task_args, sample)
+    checked = resolved.prepare(sample, where=name)  # dtypes and shapes, on the first items
+    train_idx, val_idx = split_index(
+        len(raw.train), val_fraction=val_fraction, data_seed=data_seed, train_subset=train_subset
+    )
+
+    def rows(dataset: Any, index: torch.Tensor) -> MappedRows:
+        return MappedRows(dataset, index, resolved, where=name, workers=workers)
+
+    return Dataset(
+        name=name,
+        train=rows(raw.train, train_idx),
+        val=rows(raw.train, val_idx),
+        test=rows(raw.test, torch.arange(len(raw.test))),
+        num_classes=_output_size(raw, resolved, sample, where=name),
+        input_shape=tuple(checked[0].shape[1:]),
+        task=resolved,
     )
 
 
@@ -369,10 +549,23 @@ def load_dataset(
     train_subset: int | None = None,
     task: str | None = None,
     task_args: Mapping[str, Any] | None = None,
+    workers: int = 0,
 ) -> Dataset:
     """Load and split a dataset for its task (the one named, or the one the data implies);
-    every failure is a one-line DataError."""
+    every failure is a one-line DataError. `workers` are DataLoader workers for a Dataset read
+    by index (0: read in this process)."""
     raw = load_raw(name, args or {}, data_dir)
+    if isinstance(raw, MappedRaw):
+        return load_mapped(
+            raw,
+            name=name,
+            task=task,
+            task_args=task_args,
+            val_fraction=val_fraction,
+            data_seed=data_seed,
+            train_subset=train_subset,
+            workers=workers,
+        )
     resolved = resolve_task(task, task_args, raw.arrays())
     raw = RawData.of(resolved.prepare(raw.arrays(), where=name))
     return split(

@@ -53,6 +53,11 @@ class Task(ABC):
         """Check and convert a loader's arrays for this task (dtypes, shapes); one-line errors."""
         return arrays
 
+    def cast(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch collated from a map-style Dataset's items, in this task's dtypes."""
+        prepared = self.prepare((x, y, x, y), where="dataset item")
+        return prepared[0], prepared[1]
+
     @abstractmethod
     def output_size(self, arrays: Arrays) -> int:
         """What a model's output layer must produce per position: classes, targets or vocab."""
@@ -228,6 +233,14 @@ class TaskInfo:
     def has_perplexity(self) -> bool:
         """A cross-entropy per token (a language model), usually read as perplexity exp(loss)."""
         return self.unit == "token" and self.loss_in_nats
+
+    def loss_text(self, loss: float) -> str:
+        """A test loss for a summary sentence, when the task `shows_loss`: "test loss (MSE)
+        0.1901", with a language model's perplexity appended; "" otherwise or for NaN."""
+        if not self.shows_loss or math.isnan(loss):
+            return ""
+        text = f"test {self.loss_name} {loss:.4g}"
+        return f"{text}, perplexity {self.perplexity(loss):.4g}" if self.has_perplexity else text
 
     @staticmethod
     def perplexity(loss: float) -> float:

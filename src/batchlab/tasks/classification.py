@@ -40,6 +40,9 @@ class Classification(Task):
             raise DataError(f"{where}: labels must be class indices 0..C-1, found a negative label")
         return out
 
+    def cast(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.float(), y.long()
+
     def output_size(self, arrays: Arrays) -> int:
         return int(max(arrays[1].max(), arrays[3].max())) + 1
 

@@ -47,6 +47,9 @@ class LanguageModel(Task):
             raise DataError(f"{where}: token ids must be >= 0")
         return out  # type: ignore[return-value]
 
+    def cast(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.long(), y.long()
+
     def output_size(self, arrays: Arrays) -> int:
         """The vocabulary: one more than the largest token id in inputs or targets."""
         return int(max(int(a.max()) for a in arrays)) + 1

@@ -44,6 +44,9 @@ class Regression(Task):
         check_rows(out, where=where)
         return out
 
+    def cast(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.float(), y.float()
+
     def output_size(self, arrays: Arrays) -> int:
         y = arrays[1]
         return 1 if y.ndim == 1 else int(y.shape[1])

@@ -1,0 +1,179 @@
+"""Rows of one split, served in batches: tensors held in memory, or a map-style Dataset read by
+index.
+
+The engine asks a split for batches in the order of the trial's seeded permutation, so the sample
+order is a function of the seed whichever way the rows are stored, and a resumed trial continues
+bit for bit. Tensors held in memory (on the device, moved there once per study) are sliced by one
+index-select per batch: no DataLoader and no per-sample Python in the hot loop. A user's map-style
+`torch.utils.data.Dataset` is read item by item (optionally by DataLoader workers, with pinned
+memory) and each batch moved to the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+import torch
+
+from batchlab.errors import DataError
+from batchlab.tasks import Task
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+CPU = torch.device("cpu")
+TARGET_KEYS = ("y", "label", "labels", "target", "targets")
+"""The key of a dict item's target; the item's one other key is its input."""
+
+
+class Rows(Protocol):
+    """One split's rows: `len(rows)` examples, served as (inputs, targets) batches."""
+
+    def __len__(self) -> int: ...
+
+    def batches(self, order: torch.Tensor, size: int) -> Iterator[Batch]:
+        """Batches of `size` rows (the last one partial) in the order of `order` (row numbers)."""
+        ...
+
+    def chunks(self, size: int) -> Iterator[Batch]:
+        """The rows in their stored order, `size` at a time (for evaluation)."""
+        ...
+
+    def to(self, device: torch.device, *, budget_bytes: int | None = None) -> Rows: ...
+
+    def head(self, n: int) -> Batch:
+        """The first `n` rows as tensors (for probes and profiles that need them in memory)."""
+        ...
+
+
+@dataclass(frozen=True)
+class TensorRows:
+    """Rows held as tensors: a batch is one index-select.
+
+    With `host_for` set, the tensors stay in (pinned) host memory and each batch is moved to that
+    device as it is served: for data larger than the device's memory budget.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    host_for: torch.device | None = None
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def _out(self, xb: torch.Tensor, yb: torch.Tensor) -> Batch:
+        if self.host_for is None:
+            return xb, yb
+        return xb.to(self.host_for, non_blocking=True), yb.to(self.host_for, non_blocking=True)
+
+    def batches(self, order: torch.Tensor, size: int) -> Iterator[Batch]:
+        order = order.to(self.x.device)
+        for i in range(0, order.shape[0], size):
+            idx = order[i : i + size]
+            yield self._out(self.x[idx], self.y[idx])
+
+    def chunks(self, size: int) -> Iterator[Batch]:
+        for i in range(0, len(self), size):
+            yield self._out(self.x[i : i + size], self.y[i : i + size])
+
+    @property
+    def nbytes(self) -> int:
+        return self.x.nbytes + self.y.nbytes
+
+    def to(self, device: torch.device, *, budget_bytes: int | None = None) -> TensorRows:
+        """On `device`; kept on the host and moved per batch when larger than `budget_bytes`."""
+        if budget_bytes is not None and self.nbytes > budget_bytes:
+            x, y = self.x.cpu(), self.y.cpu()
+            if device.type == "cuda":
+                x, y = x.pin_memory(), y.pin_memory()
+            return replace(self, x=x, y=y, host_for=device)
+        return replace(self, x=self.x.to(device), y=self.y.to(device), host_for=None)
+
+    def head(self, n: int) -> Batch:
+        return self.x[:n], self.y[:n]
+
+
+def collate(items: Sequence[Any], task: Task, *, where: str) -> Batch:
+    """Stack a list of `(x, y)` tuples or `{input_key: x, target_key: y}` dicts into one batch,
+    cast to the task's dtypes."""
+    xs, ys = [], []
+    for item in items:
+        if isinstance(item, Mapping):
+            target = [k for k in TARGET_KEYS if k in item]
+            inputs = [k for k in item if k not in TARGET_KEYS]
+            if len(target) != 1 or len(inputs) != 1:
+                raise DataError(
+                    f"{where}: a dict item needs one target key ({', '.join(TARGET_KEYS)}) and "
+                    f"one input key, got {sorted(item)}"
+                )
+            x, y = item[inputs[0]], item[target[0]]
+        elif isinstance(item, tuple | list) and len(item) == 2:
+            x, y = item
+        else:
+            raise DataError(f"{where}: items must be (x, y) tuples or dicts of tensors")
+        xs.append(torch.as_tensor(x))
+        ys.append(torch.as_tensor(y))
+    try:
+        return task.cast(torch.stack(xs), torch.stack(ys))
+    except RuntimeError as err:
+        raise DataError(f"{where}: items cannot be stacked into a batch ({err})") from None
+
+
+class _Collate:
+    """A picklable collate function (DataLoader workers receive it)."""
+
+    def __init__(self, task: Task, where: str) -> None:
+        self.task, self.where = task, where
+
+    def __call__(self, items: Sequence[Any]) -> Batch:
+        return collate(items, self.task, where=self.where)
+
+
+@dataclass(frozen=True)
+class MappedRows:
+    """Rows of a map-style Dataset: `index[i]` is the dataset item of row i."""
+
+    dataset: Any
+    index: torch.Tensor
+    task: Task
+    where: str
+    workers: int = 0
+    device: torch.device = CPU
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+    def _fetch(self, lists: list[list[int]]) -> Iterator[Batch]:
+        fn = _Collate(self.task, self.where)
+        if self.workers == 0:
+            batches: Iterator[Batch] = (fn([self.dataset[j] for j in lst]) for lst in lists)
+        else:
+            from torch.utils.data import DataLoader
+
+            batches = iter(
+                DataLoader(
+                    self.dataset,
+                    batch_sampler=lists,
+                    num_workers=self.workers,
+                    collate_fn=fn,
+                    pin_memory=self.device.type == "cuda",
+                )
+            )
+        for xb, yb in batches:
+            yield xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
+
+    def batches(self, order: torch.Tensor, size: int) -> Iterator[Batch]:
+        rows = self.index[order.cpu()]
+        return self._fetch([rows[i : i + size].tolist() for i in range(0, len(rows), size)])
+
+    def chunks(self, size: int) -> Iterator[Batch]:
+        return self.batches(torch.arange(len(self)), size)
+
+    def to(self, device: torch.device, *, budget_bytes: int | None = None) -> MappedRows:
+        return replace(self, device=device)
+
+    def head(self, n: int) -> Batch:
+        n = min(n, len(self))
+        if n == 0:
+            raise DataError(f"{self.where}: the split is empty")
+        return next(iter(self.batches(torch.arange(n), n)))
