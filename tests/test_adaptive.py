@@ -26,8 +26,9 @@ from batchlab.adaptive import (
 )
 from batchlab.cli import main
 from batchlab.data import load_dataset
-from batchlab.engine import Checkpoint, Outcome, Progress, planned_steps, train_trial
+from batchlab.engine import Checkpoint, Outcome, Progress, train_trial
 from batchlab.errors import SpecError
+from batchlab.plan import planned_steps
 from batchlab.probes import ProbeRecord
 from batchlab.spec import Adaptive, StudySpec, TrialSpec, spec_from_dict
 from batchlab.study import NullReporter, Study, load_study, run_study

@@ -23,6 +23,10 @@ pytestmark = pytest.mark.skipif(
         ["benchmarks/engine_speed.py", "--n", "512", "--repeats", "1", "--batch-sizes", "64"],
         ["benchmarks/probe_cost.py", "--repeats", "1", "--batch-sizes", "512"],
         [
+            "benchmarks/engine_before_after.py",
+            *("--rev", "HEAD", "--n", "256", "--repeats", "1", "--batch-sizes", "64"),
+        ],
+        [
             "benchmarks/fused.py",
             *("--n", "256", "--seeds", "2", "--batch-sizes", "32", "--repeats", "1"),
             *("--widths", "32"),

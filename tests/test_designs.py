@@ -13,9 +13,10 @@ from torch import nn
 
 import batchlab
 from batchlab.data import load_dataset
-from batchlab.engine import Checkpoint, epoch_plan, planned_steps, train_trial
+from batchlab.engine import Checkpoint, train_trial
 from batchlab.errors import SpecError
 from batchlab.models import GhostBatchNorm, build_model
+from batchlab.plan import epoch_plan, planned_steps
 from batchlab.probes import ProbeRecord
 from batchlab.spec import StudySpec, spec_from_dict
 from batchlab.trial import EvalRecord

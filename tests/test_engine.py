@@ -14,11 +14,11 @@ from batchlab.engine import (
     Checkpoint,
     peak_memory_bytes,
     reset_peak_memory,
-    sgd_step,
     train_trial,
 )
 from batchlab.probes import ProbeRecord
 from batchlab.spec import StudySpec, spec_from_dict
+from batchlab.step import sgd_step
 from batchlab.study import load_study_data
 from batchlab.trial import EvalRecord, TrialState
 

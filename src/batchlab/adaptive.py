@@ -35,14 +35,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from batchlab.engine import epoch_plan, planned_steps
 from batchlab.errors import BatchlabError
+from batchlab.plan import TrialPlan, planned_steps
 from batchlab.spec import Adaptive, TrialSpec
 from batchlab.store import Store
 from batchlab.trial import FrozenTrial, TrialState
 
 if TYPE_CHECKING:
-    from batchlab.study import PreparedStudy, Reporter
+    from batchlab.prepared import PreparedStudy, Reporter
 
 ConfigKey = tuple[int, float]  # (batch size, base lr) within a pool
 _RUNG_RE = re.compile(r"adaptive rung (\d+) ")
@@ -67,28 +67,9 @@ class RunOne(Protocol):
 
 
 def pause_points(trial: TrialSpec, n_train: int) -> list[int]:
-    """Steps of the checkpointed evaluations strictly inside training (neither step 0 nor the
-    end): the only places where the engine can pause a trial. Mirrors `train_trial`'s schedule:
-    an evaluation with a checkpoint at every `eval_every`-th epoch boundary."""
-    budget = trial.budget
-    total = planned_steps(trial, n_train)
-    if total is None:
-        raise ValueError("adaptive: a wall-clock budget has no planned steps")
-    if budget.epochs is not None:
-        limit: int | None = budget.epochs * n_train
-    else:
-        limit = budget.samples  # None for a steps budget: `total` ends it
-    out: list[int] = []
-    steps = samples = epoch = 0
-    while True:
-        batch, _ = epoch_plan(trial, epoch, n_train)
-        steps += math.ceil(n_train / batch)
-        samples += n_train
-        epoch += 1
-        if steps >= total or (limit is not None and samples >= limit):
-            return out  # this epoch boundary is the end of training (or lies past it)
-        if epoch % trial.study.eval_every == 0:
-            out.append(steps)
+    """Steps of the checkpointed evaluations strictly inside training: where the engine can pause
+    a trial (`TrialPlan.pause_points`, the schedule the engine trains by)."""
+    return TrialPlan(trial, n_train).pause_points()
 
 
 @dataclass(frozen=True, kw_only=True)

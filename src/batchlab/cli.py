@@ -207,8 +207,19 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(var)
 
 
+def _mean_std_text(values: list[float]) -> str:
+    """ "0.1901 ± 0.033", "0.1901" with one value, "—" with none (a loss, a perplexity)."""
+    mean, std = _mean_std(values)
+    if math.isnan(mean):
+        return "—"
+    return f"{mean:.4g}" + ("" if math.isnan(std) else f" ± {std:.2g}")
+
+
 def _print_table(study: Study, console: Console) -> None:
-    """One row per (batch size, lr): seeds, final test accuracy mean +- std, time, states."""
+    """One row per (batch size, lr): seeds, final test score mean +- std, time, states; for a
+    task other than classification also the test loss (and a language model's perplexity)."""
+    task = study.task
+    with_loss = task.shows_loss
     groups: dict[tuple[str, int, bool, float], list[Any]] = {}
     for t in study.trials:
         key = (str(t.params.get("variant", "")), t.batch_size, bool(t.params.get("control")))
@@ -223,7 +234,9 @@ def _print_table(study: Study, console: Console) -> None:
         ("batch size", "right"),
         ("lr (used)", "right"),
         ("seeds", "right"),
-        ("test acc (mean ± std)", "right"),
+        (f"test {task.score_short} (mean ± std)", "right"),
+        *([(f"test {task.loss_name}", "right")] if with_loss else []),
+        *([("test perplexity", "right")] if with_loss and task.has_perplexity else []),
         ("updates", "right"),
         ("train time (s)", "right"),
         ("peak mem (MiB)", "right"),
@@ -242,9 +255,11 @@ def _print_table(study: Study, console: Console) -> None:
             for s in TrialState
             if any(t.state == s for t in trials)
         )
-        acc = "—" if math.isnan(acc_mean) else f"{100 * acc_mean:.2f}%"
-        if not math.isnan(acc_std):
-            acc += f" ± {100 * acc_std:.2f}"
+        acc = "—" if math.isnan(acc_mean) else task.format_score_mean_std(acc_mean, acc_std)
+        losses = [t.last.test_loss for t in done]
+        extra = [_mean_std_text(losses)] if with_loss else []
+        if with_loss and task.has_perplexity:
+            extra.append(_mean_std_text([task.perplexity(v) for v in losses]))
         cells_ = [variant] if has_variants else []
         table.add_row(
             *cells_,
@@ -252,6 +267,7 @@ def _print_table(study: Study, console: Console) -> None:
             f"{trials[0].lr:.4g}",
             str(len(trials)),
             acc,
+            *extra,
             "/".join(str(s) for s in steps) or "—",
             "—" if math.isnan(time_mean) else f"{time_mean:.1f}",
             "—" if math.isnan(mem_mean) else f"{mem_mean:.0f}",
@@ -268,12 +284,14 @@ def _print_bands(study: Study, console: Console) -> None:
     table = Table(
         title="usable learning rates (converged: finite loss, final train loss below the initial)"
     )
-    for col in ("variant", "batch size", "usable lrs", "band", "best lr (by val)", "test acc"):
+    task = study.task
+    score = f"test {task.score_short}"
+    for col in ("variant", "batch size", "usable lrs", "band", "best lr (by val)", score):
         table.add_column(col, justify="right")
     for b in grid_bands:
         band = "—" if b.lo is None else f"{b.lo:.3g} .. {b.hi:.3g}"
         best = "—" if b.best_lr is None else f"{b.best_lr:.3g}"
-        acc = "—" if math.isnan(b.best_test_acc) else f"{100 * b.best_test_acc:.2f}%"
+        acc = "—" if math.isnan(b.best_test_acc) else task.format_score(b.best_test_acc)
         table.add_row(b.variant or "—", str(b.batch_size), f"{b.usable}/{b.tried}", band, best, acc)
     console.print(table)
 
@@ -311,7 +329,10 @@ def _print_pruned(study: Study, console: Console) -> None:
 @click.argument("name")
 @STORE_OPTION
 def show(name: str, store: Path) -> None:
-    """Show a study as a table: batch size, lr, seeds, final test accuracy, time, state.
+    """Show a study as a table: batch size, lr, seeds, final test score, time, state.
+
+    The score is the task's: accuracy, R² for regression, token accuracy (with the test loss
+    and perplexity) for a language model.
 
     A study with several learning rates also gets the usable lr band per batch size.
     """
@@ -438,7 +459,7 @@ TARGET_OPTION = click.option(
     metavar="METRIC=VALUE[*best]",
     help="What reaching the target means: val_acc=0.9 (absolute) or val_acc=0.98*best"
     " (fraction of the best; for losses best / fraction). METRIC: val_acc, test_acc, val_loss,"
-    " test_loss.",
+    " test_loss; *_acc is the task's score (accuracy, R², token accuracy).",
 )
 
 
@@ -449,7 +470,7 @@ TARGET_OPTION = click.option(
 @click.option("--json", "as_json", is_flag=True, help="Print the recommendation as JSON.")
 def recommend_cmd(name: str, store: Path, target_text: str, as_json: bool) -> None:
     """A short answer: best batch size and lr, fastest to the target, critical batch size,
-    the time/accuracy Pareto front, and the assumptions behind them."""
+    the time/score (accuracy, R², ...) Pareto front, and the assumptions behind them."""
     from batchlab.analysis.critical import Target
     from batchlab.analysis.recommend import recommend
 
@@ -586,6 +607,8 @@ def profile_cmd(
         "model_args": {},
         "dataset_args": {},
         "batch_sizes": list(DEFAULT_BATCH_SIZES),
+        "task": None,
+        "task_args": {},
     }
     if study_name is not None:
         spec = load_study(study_name, store=store).spec
@@ -596,6 +619,8 @@ def profile_cmd(
             "model_args": spec.model_args,
             "dataset_args": spec.dataset_args,
             "batch_sizes": list(spec.batch_sizes),
+            "task": spec.task,
+            "task_args": spec.task_args,
         }
     given = {
         "model": model,
@@ -621,6 +646,8 @@ def profile_cmd(
         batch_sizes=what["batch_sizes"],
         margin=margin,
         memory_cap_bytes=None if memory_cap is None else int(memory_cap * 2**30),
+        task=what["task"],
+        task_args=what["task_args"],
     )
     if not no_save:
         subject = profile_subject(

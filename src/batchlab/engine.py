@@ -15,7 +15,7 @@ import json
 import math
 import resource
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,14 +24,12 @@ from torch import nn
 
 from batchlab.data import Dataset
 from batchlab.data.rows import Rows
-from batchlab.fastpath import MLPStep
-from batchlab.lr import warmup_lr
 from batchlab.models import build_model
+from batchlab.plan import TrialPlan
 from batchlab.probes import ProbeContext, ProbeRecord, ProbeSuite, probe_generator
 from batchlab.spec import StudySpec, TrialSpec
-from batchlab.step import backward_batch
+from batchlab.step import AutogradStep, FastMLPStep, Step
 from batchlab.tasks import Task
-from batchlab.tasks.classification import Classification
 from batchlab.trial import EvalRecord, TrialState
 
 
@@ -112,39 +110,6 @@ def make_optimizer(spec: StudySpec, params: Any, lr: float) -> torch.optim.Optim
     return cls(params, lr=lr, betas=spec.betas, weight_decay=spec.weight_decay)
 
 
-@torch.no_grad()
-def sgd_step(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]) -> None:
-    """`torch.optim.SGD.step()` (dampening 0), bit for bit, without its per-call overhead.
-
-    At small batch sizes a training step is a few dozen tiny kernels and the optimizer's Python
-    wrapper is a sizeable share of it; this does the same arithmetic with multi-tensor
-    (`_foreach`) kernels and keeps its state in the optimizer, so checkpoints are unchanged.
-    """
-    group = optimizer.param_groups[0]
-    lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
-    live = [p for p in params if p.grad is not None]
-    grads = [p.grad for p in live if p.grad is not None]
-    if wd != 0:
-        grads = list(torch._foreach_add(grads, live, alpha=wd))
-    if momentum != 0:
-        state = optimizer.state
-        if all("momentum_buffer" in state[p] for p in live):
-            bufs: list[torch.Tensor] = [state[p]["momentum_buffer"] for p in live]
-            torch._foreach_mul_(bufs, momentum)
-            torch._foreach_add_(bufs, grads)
-        else:  # a first step: a new buffer starts as the gradient, as in torch.optim.SGD
-            bufs = []
-            for p, g in zip(live, grads, strict=True):
-                if "momentum_buffer" in state[p]:
-                    bufs.append(state[p]["momentum_buffer"].mul_(momentum).add_(g))
-                else:
-                    bufs.append(torch.clone(g).detach())
-                    state[p]["momentum_buffer"] = bufs[-1]
-        nesterov = group["nesterov"]
-        grads = list(torch._foreach_add(grads, bufs, alpha=momentum)) if nesterov else bufs
-    torch._foreach_add_(live, grads, alpha=-lr)
-
-
 @torch.inference_mode()
 def evaluate(model: nn.Module, rows: Rows, batch: int, task: Task) -> tuple[float, float]:
     """The task's mean loss and score over a split's rows, in chunks; NaN for an empty split.
@@ -209,44 +174,199 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def epoch_plan(trial: TrialSpec, epoch: int, n_train: int) -> tuple[int, float]:
-    """Batch size and lr for an epoch under the trial's batch and lr schedules.
+class _Window:
+    """The running loss and score of the batches since the last evaluation, and their training
+    time (probe time excluded, measured after the device has finished)."""
 
-    Smith et al.: where a step schedule would divide the lr by k, multiply the batch by k instead,
-    until `max_batch`; past the cap the lr is divided. Milestones are stretched by Hoffer's regime
-    factor when regime adaptation is on.
-    """
-    spec, regime = trial.study, trial.regime_factor
-    batch, lr = trial.batch_size, trial.lr
-    if spec.batch_schedule is not None:
-        sched = spec.batch_schedule
-        for _ in range(sched.passed(epoch, regime)):
-            bigger = round(batch * sched.factor)
-            if sched.max_batch is not None and bigger > sched.max_batch:
-                lr /= sched.factor
-            else:
-                batch = bigger
-    if spec.lr_schedule is not None:
-        lr /= spec.lr_schedule.factor ** spec.lr_schedule.passed(epoch, regime)
-    return min(batch, n_train), lr
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
+        self.stats: torch.Tensor | None = None  # the task's score statistics
+        self.seen = 0
+        self.units: int | torch.Tensor = 0
+        self.probe_time = 0.0
+        self.seconds = 0.0  # training time of the window, once closed
+        _sync(device)
+        self.t0 = time.perf_counter()
+
+    def add(self, stats: torch.Tensor, units: int | torch.Tensor, examples: int) -> None:
+        self.stats = stats if self.stats is None else self.stats + stats
+        self.units = self.units + units
+        self.seen += examples
+
+    def probe(self, measure: Callable[[], None]) -> None:
+        _sync(self.device)
+        t = time.perf_counter()
+        measure()
+        _sync(self.device)
+        self.probe_time += time.perf_counter() - t
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0 - self.probe_time
+
+    def close(self, task: Task) -> tuple[float, float, float]:
+        """(mean loss, score, training seconds) of the window; one sync."""
+        _sync(self.device)
+        elapsed = self.seconds = self.elapsed()
+        units = float(self.units)
+        score = task.score(self.stats, units) if self.stats is not None else math.nan
+        return self.loss_sum.item() / units, score, elapsed
 
 
-def planned_steps(trial: TrialSpec, n_train: int) -> int | None:
-    """Updates a trial will make under its budget; None for a wall-clock budget."""
-    budget = trial.budget
-    if budget.steps is not None:
-        return budget.steps
-    if budget.seconds is not None:
-        return None
-    limit = budget.epochs * n_train if budget.epochs is not None else int(budget.value)
-    steps = samples = epoch = 0
-    while samples < limit:
-        batch, _ = epoch_plan(trial, epoch, n_train)
-        take = min(n_train, limit - samples)
-        steps += math.ceil(take / batch)
-        samples += take
-        epoch += 1
-    return steps
+class _Trial:
+    """One trial's model, optimizer, data order, steps, probes and counters: the parts that
+    `train_trial` composes. Checkpoints hold everything needed to continue it bit for bit."""
+
+    def __init__(self, trial: TrialSpec, data: Dataset, device: torch.device) -> None:
+        spec = trial.study
+        self.trial, self.data, self.device, self.task = trial, data, device, data.task
+        self.plan = TrialPlan(trial, data.n_train)
+        self.model = build_model(
+            spec.model,
+            spec.model_args,
+            input_shape=data.input_shape,
+            num_classes=data.num_classes,
+            seed=trial.seed,
+        ).to(device)
+        self.optimizer = make_optimizer(spec, self.model.parameters(), trial.lr)
+        self.shuffle = torch.Generator().manual_seed(trial.seed)  # CPU: one order on any device
+        self.step = self.samples = self.eval_idx = 0
+        self.train_time = 0.0
+        # The built-in MLP with SGD takes a hand-written step (batchlab.fastpath): the same math
+        # in half the kernels. Steps where a probe reads gradients or pre-update weights go
+        # through autograd; both keep the momentum buffers in the optimizer's state, so they
+        # interleave freely.
+        self.autograd = AutogradStep(
+            self.model, self.optimizer, self.task, accumulate=spec.accumulate
+        )
+        self.fast: Step | None = (
+            FastMLPStep(self.model, self.optimizer)
+            if FastMLPStep.supports(
+                self.model, self.optimizer, self.task, accumulate=spec.accumulate
+            )
+            else None
+        )
+        # Probes see the freshly initialised weights first (w_0 for the distance probe, also when
+        # resuming: the seed rebuilds the same init), draw from their own generator, and leave
+        # the training trajectory untouched. They draw examples from the training set: all of it
+        # in memory, the first PROBE_POOL rows (in the seeded split order) of a Dataset.
+        self.suite = (
+            ProbeSuite.from_spec(
+                spec.probes, total_steps=self.plan.total_steps, options=spec.probe_args
+            )
+            if spec.probes
+            else None
+        )
+        probe_x, probe_y = data.train.head(len(data.train) if data.in_memory else PROBE_POOL)
+        self.ctx = ProbeContext(
+            model=self.model,
+            loss_fn=self.task.mean_loss,
+            x_train=probe_x,
+            y_train=probe_y,
+            step=0,
+            batch_size=trial.batch_size,
+            generator=probe_generator(trial.seed),
+        )
+        if self.suite is not None:
+            self.suite.start(self.ctx)
+
+    def restore(self, ckpt: Checkpoint) -> None:
+        self.model.load_state_dict(ckpt.model_state)
+        self.optimizer.load_state_dict(ckpt.optimizer_state)
+        self.shuffle.set_state(ckpt.generator_state)
+        self.step, self.samples, self.train_time = ckpt.step, ckpt.samples, ckpt.train_time_s
+        self.eval_idx = ckpt.eval_idx + 1
+        self.drained()  # the start() records of a resumed trial are already stored
+
+    def checkpoint(self) -> Checkpoint:
+        return Checkpoint(
+            eval_idx=self.eval_idx,
+            step=self.step,
+            samples=self.samples,
+            train_time_s=self.train_time,
+            model_state=self.weights(),
+            optimizer_state=_to_cpu(self.optimizer.state_dict()),
+            generator_state=self.shuffle.get_state(),
+        )
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
+    def drained(self) -> list[ProbeRecord]:
+        return self.suite.drain() if self.suite is not None else []
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def exhausted(self) -> bool:
+        return self.plan.exhausted(step=self.step, samples=self.samples, train_time=self.train_time)
+
+    def train_step(self, xb: torch.Tensor, yb: torch.Tensor, window: _Window) -> None:
+        """One update on (xb, yb), with the probes due at it (their time kept out of training)."""
+        suite, nxt = self.suite, self.step + 1
+        due = suite is not None and suite.due(nxt)
+        split = suite is not None and due and suite.needs_split_step(nxt)
+        step = self.autograd if split or self.fast is None else self.fast
+        stats, units = step.backward(xb, yb, window.loss_sum)
+        if split:
+            assert suite is not None
+            window.probe(lambda: suite.after_backward(self.ctx.at(nxt)))
+        step.update()
+        self.step = nxt
+        if due:
+            assert suite is not None
+            window.probe(lambda: suite.after_update(self.ctx.at(nxt)))
+        bs = int(yb.shape[0])
+        window.add(stats, units, bs)
+        self.samples += bs
+
+    def record(
+        self, *, run_loss: float, run_acc: float, window: _Window | None, full: bool
+    ) -> EvalRecord:
+        """Evaluate on validation and test (and the whole training set when `full`)."""
+        spec, data, device, task = self.trial.study, self.data, self.device, self.task
+        t0 = time.perf_counter()
+        # Trials that differ only in batch size, lr or budget start from the same weights: their
+        # initial evaluation is made once per dataset and reused, bit for bit (same weights, same
+        # chunks, same thread count). Only a fresh trial is at idx 0.
+        key = (
+            "initial",
+            spec.model,
+            json.dumps(spec.model_args, sort_keys=True),
+            self.trial.seed,
+            spec.eval_batch_size,
+            str(device),
+            torch.get_num_threads(),
+        )
+        if self.eval_idx == 0 and key in data.memo:
+            val, test, tr = data.memo[key]
+        else:
+            val = evaluate(self.model, data.val, spec.eval_batch_size, task)
+            test = evaluate(self.model, data.test, spec.eval_batch_size, task)
+            tr = evaluate(self.model, data.train, spec.eval_batch_size, task) if full else NAN_PAIR
+            if self.eval_idx == 0:
+                data.memo[key] = (val, test, tr)
+        seen, secs = (window.seen, window.seconds) if window is not None else (0, 0.0)
+        return EvalRecord(
+            idx=self.eval_idx,
+            epoch=self.samples / data.n_train,
+            step=self.step,
+            samples=self.samples,
+            current_lr=float(self.optimizer.param_groups[0]["lr"]),
+            train_loss=run_loss,
+            train_acc=run_acc,
+            val_loss=val[0],
+            val_acc=val[1],
+            test_loss=test[0],
+            test_acc=test[1],
+            full_train_loss=tr[0],
+            full_train_acc=tr[1],
+            train_time_s=self.train_time,
+            eval_time_s=time.perf_counter() - t0,
+            samples_per_s=seen / secs if secs > 0 else math.nan,
+            peak_mem_bytes=peak_memory_bytes(device),
+        )
 
 
 def train_trial(
@@ -270,268 +390,70 @@ def train_trial(
     """
     if stop_at_step is not None and stop_at_step < 1:
         raise ValueError(f"stop_at_step must be >= 1, got {stop_at_step}")
-    spec, budget, task = trial.study, trial.budget, data.task
-    n = data.n_train
-    total_steps = planned_steps(trial, n)
+    reset_peak_memory(device)
+    t = _Trial(trial, data, device)
+    plan, n, seconds = t.plan, data.n_train, trial.budget.seconds
     # Reading the loss forces a device sync; on CPU that is free, on CUDA do it every 25 steps.
     check_every = 1 if device.type == "cpu" else 25
 
-    model = build_model(
-        spec.model,
-        spec.model_args,
-        input_shape=data.input_shape,
-        num_classes=data.num_classes,
-        seed=trial.seed,
-    ).to(device)
-    optimizer = make_optimizer(spec, model.parameters(), trial.lr)
-    params = list(model.parameters())
-    fast_sgd = spec.optimizer == "sgd"  # same arithmetic as optimizer.step(), less overhead
-    shuffle = torch.Generator().manual_seed(trial.seed)  # CPU generator: same order on any device
-    reset_peak_memory(device)
-    # Probes see the freshly initialised weights first (w_0 for the distance probe, also when
-    # resuming: the seed rebuilds the same init), draw from their own generator, and leave the
-    # training trajectory untouched.
-    suite = (
-        ProbeSuite.from_spec(spec.probes, total_steps=total_steps, options=spec.probe_args)
-        if spec.probes
-        else None
-    )
-    # Probes draw their own examples from the training set: all of it when it is in memory, its
-    # first PROBE_POOL rows (already in the seeded split order) for a Dataset read by index.
-    probe_x, probe_y = data.train.head(len(data.train) if data.in_memory else PROBE_POOL)
-    probe_ctx = ProbeContext(
-        model=model,
-        loss_fn=task.mean_loss,
-        x_train=probe_x,
-        y_train=probe_y,
-        step=0,
-        batch_size=trial.batch_size,
-        generator=probe_generator(trial.seed),
-    )
-    if suite is not None:
-        suite.start(probe_ctx)
-    # The built-in MLP with SGD takes a hand-written step (batchlab.fastpath): the same math in
-    # half the kernels, without gradient tensors. Steps where a probe reads the gradients, and
-    # gradient accumulation (which sums them), go through autograd; both paths keep the momentum
-    # buffers in the optimizer's state, so they interleave freely.
-    fast_step = (
-        MLPStep(model, optimizer)  # type: ignore[arg-type]  # supports() checks it is an MLP
-        if spec.accumulate == 1
-        and isinstance(task, Classification)
-        and MLPStep.supports(model, optimizer)
-        else None
-    )
-
-    step = samples = eval_idx = 0
-    train_time = 0.0
-    if resume is not None:
-        model.load_state_dict(resume.model_state)
-        optimizer.load_state_dict(resume.optimizer_state)
-        shuffle.set_state(resume.generator_state)
-        step, samples, train_time = resume.step, resume.samples, resume.train_time_s
-        eval_idx = resume.eval_idx + 1
-        if stop_at_step is not None and step >= stop_at_step:
-            return Outcome(state=TrialState.RUNNING)  # already paused at or past the stop
-
-    def current_lr() -> float:
-        return float(optimizer.param_groups[0]["lr"])
-
-    def set_lr(lr: float) -> None:
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-
-    def exhausted() -> bool:
-        return (
-            (budget.epochs is not None and samples >= budget.epochs * n)
-            or (budget.steps is not None and step >= budget.steps)
-            or (budget.samples is not None and samples >= budget.samples)
-            or (budget.seconds is not None and train_time >= budget.seconds)
-        )
-
-    def record(
-        *, run_loss: float, run_acc: float, window_samples: int, window_time: float, full: bool
-    ) -> EvalRecord:
-        t0 = time.perf_counter()
-        # Trials that differ only in batch size, lr or budget start from the same weights: their
-        # initial evaluation is made once per dataset and reused, bit for bit (same weights, same
-        # chunks, same thread count).
-        key = (
-            (
-                "initial",
-                spec.model,
-                json.dumps(spec.model_args, sort_keys=True),
-                trial.seed,
-                spec.eval_batch_size,
-                str(device),
-                torch.get_num_threads(),
-            )
-            if eval_idx == 0  # only a fresh trial starts at 0 (a resumed one past its checkpoint)
-            else None
-        )
-        if key is not None and key in data.memo:
-            val, test, tr = data.memo[key]
-        else:
-            val = evaluate(model, data.val, spec.eval_batch_size, task)
-            test = evaluate(model, data.test, spec.eval_batch_size, task)
-            tr = evaluate(model, data.train, spec.eval_batch_size, task) if full else NAN_PAIR
-            if key is not None:
-                data.memo[key] = (val, test, tr)
-        eval_time = time.perf_counter() - t0
-        return EvalRecord(
-            idx=eval_idx,
-            epoch=samples / n,
-            step=step,
-            samples=samples,
-            current_lr=current_lr(),
-            train_loss=run_loss,
-            train_acc=run_acc,
-            val_loss=val[0],
-            val_acc=val[1],
-            test_loss=test[0],
-            test_acc=test[1],
-            full_train_loss=tr[0],
-            full_train_acc=tr[1],
-            train_time_s=train_time,
-            eval_time_s=eval_time,
-            samples_per_s=window_samples / window_time if window_time > 0 else math.nan,
-            peak_mem_bytes=peak_memory_bytes(device),
-        )
-
-    def model_state() -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-
-    def drained() -> list[ProbeRecord]:
-        return suite.drain() if suite is not None else []
-
-    def checkpoint() -> Checkpoint:
-        return Checkpoint(
-            eval_idx=eval_idx,
-            step=step,
-            samples=samples,
-            train_time_s=train_time,
-            model_state=model_state(),
-            optimizer_state=_to_cpu(optimizer.state_dict()),
-            generator_state=shuffle.get_state(),
-        )
-
-    if resume is None:
-        rec = record(
-            run_loss=math.nan, run_acc=math.nan, window_samples=0, window_time=0, full=True
-        )
-        on_eval(rec, checkpoint(), drained())
-        eval_idx += 1
-    elif suite is not None:
-        drained()  # the start() records of a resumed trial are already stored
-
-    model.train()
-    warmup_steps = round(spec.warmup_epochs * math.ceil(n / epoch_plan(trial, 0, n)[0]))
-    while not exhausted():
-        # ---- one epoch (or the part of it the budget allows) -------------------------------------
-        epoch = samples // n
-        B, epoch_lr = epoch_plan(trial, epoch, n)
-        set_lr(epoch_lr)
-        micro = B // spec.accumulate  # gradient accumulation: k micro-batches, one update
-        perm = torch.randperm(n, generator=shuffle)  # on the CPU: the order on every device
-        loss_sum = torch.zeros((), device=device)
-        stats: torch.Tensor | None = None  # the task's score statistics, summed on the device
-        seen = 0
-        seen_units: int | torch.Tensor = 0
-        probe_time = 0.0
-        _sync(device)
-        t_start = time.perf_counter()
-        for xb, yb in data.train.batches(perm, B):
-            if step < warmup_steps:
-                set_lr(
-                    warmup_lr(step, lr_ref=trial.lr_base, lr=epoch_lr, warmup_steps=warmup_steps)
-                )
-            elif step == warmup_steps and warmup_steps:
-                set_lr(epoch_lr)
-            bs = int(yb.shape[0])
-            due = suite is not None and suite.due(step + 1)
-            fast = None if due else fast_step  # a probed step reads gradients: autograd
-            units: int | torch.Tensor
-            if fast is not None:
-                loss, n_correct = fast(xb, yb)  # forward, backward and update in one
-                loss_sum.add_(loss, alpha=bs)
-                batch_stats, units = n_correct, int(bs)
-            else:
-                optimizer.zero_grad(set_to_none=True)
-                batch_stats, units = backward_batch(
-                    model, task, xb, yb, micro=micro, loss_sum=loss_sum
-                )
-            stats = batch_stats if stats is None else stats + batch_stats
-            if due:
-                assert suite is not None
-                _sync(device)  # probe time is excluded from training time: clock after the device
-                t_probe = time.perf_counter()
-                suite.after_backward(probe_ctx.at(step + 1))
-                _sync(device)
-                probe_time += time.perf_counter() - t_probe
-            if fast is None:  # (the hand-written step has updated the weights already)
-                if fast_sgd:
-                    sgd_step(optimizer, params)
-                else:
-                    optimizer.step()
-            step += 1
-            if due:
-                assert suite is not None
-                _sync(device)
-                t_probe = time.perf_counter()
-                suite.after_update(probe_ctx.at(step))
-                _sync(device)
-                probe_time += time.perf_counter() - t_probe  # excluded from training time
-            seen += bs
-            seen_units = seen_units + units
-            samples += bs
-            if step % check_every == 0:
-                if not math.isfinite(loss_sum.item()):  # deliberate sync (free on CPU)
-                    return Outcome(state=TrialState.DIVERGED, diverged_step=step, probes=drained())
-                if (
-                    budget.seconds is not None
-                    and train_time + time.perf_counter() - t_start - probe_time >= budget.seconds
-                ):
-                    break
-            if (budget.steps is not None and step >= budget.steps) or (
-                budget.samples is not None and samples >= budget.samples
-            ):
-                break
-            if on_progress is not None and step % 200 == 0:
-                on_progress(
-                    Progress(
-                        step=step, total_steps=total_steps, train_loss=math.nan, train_acc=math.nan
-                    )
-                )
-        _sync(device)
-        window = time.perf_counter() - t_start - probe_time
-        train_time += window
-        n_units = float(seen_units)
-        run_loss = loss_sum.item() / n_units
-        run_acc = task.score(stats, n_units) if stats is not None else math.nan
-        if not math.isfinite(run_loss):
-            return Outcome(state=TrialState.DIVERGED, diverged_step=step, probes=drained())
-        done = exhausted()
-        epoch_end = samples % n == 0
-        epochs_done = samples // n
-        if done or (epoch_end and epochs_done % spec.eval_every == 0):
-            full = done or (spec.train_eval_every > 0 and epochs_done % spec.train_eval_every == 0)
-            if done and suite is not None:
-                suite.finish(probe_ctx.at(step))  # end-of-training probes: Hessian, sharpness...
-            rec = record(
-                run_loss=run_loss,
-                run_acc=run_acc,
-                window_samples=seen,
-                window_time=window,
-                full=full,
-            )
-            on_eval(rec, checkpoint() if epoch_end else None, drained())
-            eval_idx += 1
-            if stop_at_step is not None and epoch_end and not done and step >= stop_at_step:
-                return Outcome(state=TrialState.RUNNING)  # paused on the checkpoint just stored
+    def progress(loss: float, acc: float) -> None:
         if on_progress is not None:
             on_progress(
-                Progress(step=step, total_steps=total_steps, train_loss=run_loss, train_acc=run_acc)
+                Progress(step=t.step, total_steps=plan.total_steps, train_loss=loss, train_acc=acc)
             )
-    return Outcome(state=TrialState.COMPLETE, weights=model_state())
+
+    def diverged() -> Outcome:
+        return Outcome(state=TrialState.DIVERGED, diverged_step=t.step, probes=t.drained())
+
+    if resume is not None:
+        t.restore(resume)
+        if stop_at_step is not None and t.step >= stop_at_step:
+            return Outcome(state=TrialState.RUNNING)  # already paused at or past the stop
+    else:
+        on_eval(
+            t.record(run_loss=math.nan, run_acc=math.nan, window=None, full=True),
+            t.checkpoint(),
+            t.drained(),
+        )
+        t.eval_idx += 1
+
+    t.model.train()
+    while not t.exhausted():
+        # ---- one epoch (or the part of it the budget allows) -----------------------------------
+        B, epoch_lr = plan.epoch(t.samples // n)
+        t.set_lr(epoch_lr)
+        t.autograd.set_batch_size(B)
+        perm = torch.randperm(n, generator=t.shuffle)  # on the CPU: the same order on any device
+        window = _Window(device)
+        for xb, yb in data.train.batches(perm, B):
+            if plan.warmup_steps and t.step <= plan.warmup_steps:
+                t.set_lr(plan.lr(t.step, epoch_lr))  # the ramp, then the epoch's lr from its end
+            t.train_step(xb, yb, window)
+            if t.step % check_every == 0:
+                if not math.isfinite(window.loss_sum.item()):  # deliberate sync (free on CPU)
+                    return diverged()
+                if seconds is not None and t.train_time + window.elapsed() >= seconds:
+                    break
+            if plan.stops_within_epoch(step=t.step, samples=t.samples):
+                break
+            if t.step % 200 == 0:
+                progress(math.nan, math.nan)
+        run_loss, run_acc, elapsed = window.close(t.task)
+        t.train_time += elapsed
+        if not math.isfinite(run_loss):
+            return diverged()
+        done = t.exhausted()
+        at = plan.after_epoch(samples=t.samples, done=done)
+        if at.evaluate:
+            if done and t.suite is not None:
+                t.suite.finish(t.ctx.at(t.step))  # end-of-training probes: Hessian, sharpness...
+            rec = t.record(run_loss=run_loss, run_acc=run_acc, window=window, full=at.full_train)
+            on_eval(rec, t.checkpoint() if at.checkpoint else None, t.drained())
+            t.eval_idx += 1
+            if stop_at_step is not None and at.checkpoint and not done and t.step >= stop_at_step:
+                return Outcome(state=TrialState.RUNNING)  # paused on the checkpoint just stored
+        progress(run_loss, run_acc)
+    return Outcome(state=TrialState.COMPLETE, weights=t.weights())
 
 
 def _to_cpu(obj: Any) -> Any:

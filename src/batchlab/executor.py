@@ -42,12 +42,12 @@ from batchlab.engine import (
     Checkpoint,
     EvalSink,
     Progress,
-    planned_steps,
     resolve_device,
     train_trial,
 )
 from batchlab.errors import SpecError
 from batchlab.fused import group_trials, train_group
+from batchlab.plan import planned_steps
 from batchlab.probes import ProbeRecord
 from batchlab.spec import StudySpec, TrialSpec
 from batchlab.store import LEASE_S, ClaimLost, Store, process_owner
@@ -55,7 +55,7 @@ from batchlab.tasks.classification import Classification
 from batchlab.trial import EvalRecord, TrialState
 
 if TYPE_CHECKING:
-    from batchlab.study import PreparedStudy, Reporter
+    from batchlab.prepared import PreparedStudy, Reporter
 
 PACK_MAX_BATCH = 128
 """A trial whose (micro-)batch is at most this is overhead-bound: `workers = "auto"` runs it on

@@ -43,13 +43,12 @@ from batchlab.engine import (
     EvalSink,
     Outcome,
     _to_cpu,
-    epoch_plan,
     make_optimizer,
     peak_memory_bytes,
     reset_peak_memory,
 )
-from batchlab.lr import warmup_lr
 from batchlab.models import MLP, build_model
+from batchlab.plan import TrialPlan
 from batchlab.spec import TrialSpec
 from batchlab.trial import EvalRecord, TrialState
 
@@ -207,7 +206,7 @@ def train_group(
     if len(sinks) != len(trials):
         raise ValueError(f"need one sink per trial: {len(trials)} trials, {len(sinks)} sinks")
     first = trials[0]
-    spec, budget = first.study, first.budget
+    spec = first.study
     x, y = data.x_train, data.y_train
     n = x.shape[0]
     x_flat = x.reshape(n, -1)
@@ -262,12 +261,11 @@ def train_group(
             members[i].lr = lrs[i]
         return lr_views()
 
+    plan = TrialPlan(first, n)  # the schedule every member shares (they differ in seed and lr)
+    plans = [TrialPlan(m.trial, n) for m in members]  # for each member's own lr
+
     def exhausted() -> bool:
-        return (
-            (budget.epochs is not None and samples >= budget.epochs * n)
-            or (budget.steps is not None and step >= budget.steps)
-            or (budget.samples is not None and samples >= budget.samples)
-        )
+        return plan.exhausted(step=step, samples=samples)
 
     def member_state(row: int) -> dict[str, torch.Tensor]:
         return {
@@ -362,12 +360,11 @@ def train_group(
     )
     eval_idx += 1
 
-    warmup_steps = round(spec.warmup_epochs * math.ceil(n / epoch_plan(first, 0, n)[0]))
     while alive and not exhausted():
         # ---- one epoch for every member (or the part of it the budget allows) -----------------
         epoch = samples // n
-        B = epoch_plan(first, epoch, n)[0]  # the same for every member: same batch and schedule
-        epoch_lrs = {i: epoch_plan(members[i].trial, epoch, n)[1] for i in alive}
+        B = plan.epoch(epoch)[0]  # the same for every member: same batch and schedule
+        epoch_lrs = {i: plans[i].epoch(epoch)[1] for i in alive}
         lrs = set_lrs(epoch_lrs)
         # (G, n): row r is the epoch's permutation of member alive[r], from its own generator
         perms = torch.stack([torch.randperm(n, generator=members[i].shuffle) for i in alive])
@@ -378,16 +375,8 @@ def train_group(
         _sync(device)
         t_start = time.perf_counter()
         for i in range(0, n, B):
-            if step < warmup_steps:
-                ramp = {
-                    j: warmup_lr(
-                        step, lr_ref=trials[j].lr_base, lr=epoch_lrs[j], warmup_steps=warmup_steps
-                    )
-                    for j in alive
-                }
-                lrs = set_lrs(ramp)
-            elif step == warmup_steps and warmup_steps:
-                lrs = set_lrs(epoch_lrs)
+            if plan.warmup_steps and step <= plan.warmup_steps:  # the ramp, then the epoch's lr
+                lrs = set_lrs({j: plans[j].lr(step, epoch_lrs[j]) for j in alive})
             idx = perms[:, i : i + B]  # (G, bs): each member's own batch
             xb, yb = x_flat[idx], y[idx]
             g, bs = idx.shape
@@ -432,9 +421,7 @@ def train_group(
                     sel = torch.tensor(keep, device=device)
                     loss_sum, correct, perms = loss_sum[sel], correct[sel], perms[sel]
                     lrs = lr_views()
-            if (budget.steps is not None and step >= budget.steps) or (
-                budget.samples is not None and samples >= budget.samples
-            ):
+            if plan.stops_within_epoch(step=step, samples=samples):
                 break
         _sync(device)
         window = time.perf_counter() - t_start
@@ -451,18 +438,15 @@ def train_group(
                 break
             run_loss = [run_loss[r] for r in keep]
             run_acc = [run_acc[r] for r in keep]
-        done = exhausted()
-        epoch_end = samples % n == 0
-        epochs_done = samples // n
-        if done or (epoch_end and epochs_done % spec.eval_every == 0):
-            full = done or (spec.train_eval_every > 0 and epochs_done % spec.train_eval_every == 0)
+        at = plan.after_epoch(samples=samples, done=exhausted())
+        if at.evaluate:
             record_all(
                 run_loss=run_loss,
                 run_acc=run_acc,
                 window_samples=seen,
                 window_time=window,
-                full=full,
-                with_checkpoint=epoch_end,
+                full=at.full_train,
+                with_checkpoint=at.checkpoint,
             )
             eval_idx += 1
     for row, i in enumerate(alive):

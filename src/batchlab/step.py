@@ -1,18 +1,35 @@
-"""One autograd training step's gradient, for every task and every caller.
+"""Training steps: one interface, two strategies, and SGD's arithmetic in one place.
 
-`backward_batch` is the engine's micro-step loop (after nanoGPT's `train.py`): a batch is split
-into micro-batches of `micro` examples, each contributes its share of the batch's mean loss over
-the task's units, and the gradients add up in `p.grad` to the whole batch's mean gradient, exact
-for any split (a partial last batch, unequal token counts). The engine, `profile` and `suggest`'s
-short runs all take their gradients here; the optimizer update is the caller's.
+A `Step` takes a batch's gradient (`backward`) and applies the update (`update`); between the
+two, a probe may read `p.grad` and the pre-update weights when the step is `split`.
+
+- `AutogradStep`: `backward_batch`, the micro-step loop (after nanoGPT's `train.py`) for every
+  task: a batch is split into micro-batches of `micro` examples, each contributes its share of
+  the batch's mean loss over the task's units, and the gradients add up in `p.grad` to the whole
+  batch's mean gradient, exact for any split (a partial last batch, unequal token counts); then
+  `sgd_step` or the optimizer's own step. `profile` and `suggest`'s short runs take their
+  gradients from `backward_batch` too.
+- `FastMLPStep`: the hand-written MLP + SGD step (`batchlab.fastpath`), forward, backward and
+  update in one call, not split.
+
+The stacked step of fused trials (`batchlab.fused`) applies `sgd_step`'s arithmetic with one lr
+per member.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Protocol
+
 import torch
 from torch import nn
 
+from batchlab.fastpath import MLPStep
 from batchlab.tasks import Task
+from batchlab.tasks.classification import Classification
+
+Units = int | torch.Tensor
+"""Examples in a batch, or tokens (a 0-d tensor, counted on the device) for a language model."""
 
 
 def backward_batch(
@@ -42,3 +59,117 @@ def backward_batch(
         stats = s if stats is None else stats + s
     assert stats is not None  # a batch holds at least one example
     return stats, units
+
+
+@torch.no_grad()
+def sgd_step(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]) -> None:
+    """`torch.optim.SGD.step()` (dampening 0), bit for bit, without its per-call overhead.
+
+    At small batch sizes a training step is a few dozen tiny kernels and the optimizer's Python
+    wrapper is a sizeable share of it; this does the same arithmetic with multi-tensor
+    (`_foreach`) kernels and keeps its state in the optimizer, so checkpoints are unchanged.
+    """
+    group = optimizer.param_groups[0]
+    lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
+    live = [p for p in params if p.grad is not None]
+    grads = [p.grad for p in live if p.grad is not None]
+    if wd != 0:
+        grads = list(torch._foreach_add(grads, live, alpha=wd))
+    if momentum != 0:
+        state = optimizer.state
+        if all("momentum_buffer" in state[p] for p in live):
+            bufs: list[torch.Tensor] = [state[p]["momentum_buffer"] for p in live]
+            torch._foreach_mul_(bufs, momentum)
+            torch._foreach_add_(bufs, grads)
+        else:  # a first step: a new buffer starts as the gradient, as in torch.optim.SGD
+            bufs = []
+            for p, g in zip(live, grads, strict=True):
+                if "momentum_buffer" in state[p]:
+                    bufs.append(state[p]["momentum_buffer"].mul_(momentum).add_(g))
+                else:
+                    bufs.append(torch.clone(g).detach())
+                    state[p]["momentum_buffer"] = bufs[-1]
+        nesterov = group["nesterov"]
+        grads = list(torch._foreach_add(grads, bufs, alpha=momentum)) if nesterov else bufs
+    torch._foreach_add_(live, grads, alpha=-lr)
+
+
+class Step(Protocol):
+    """One training step on a batch, in two halves (see the module docstring)."""
+
+    split: bool
+    """Whether `p.grad` holds the batch's gradient, and the weights are the pre-update ones,
+    between `backward` and `update` (what a probe reading gradients needs)."""
+
+    def backward(
+        self, xb: torch.Tensor, yb: torch.Tensor, loss_sum: torch.Tensor
+    ) -> tuple[torch.Tensor, Units]:
+        """The batch's gradient; adds its summed loss to `loss_sum`; returns the task's score
+        statistics and the batch's units."""
+        ...
+
+    def update(self) -> None: ...
+
+
+class AutogradStep:
+    """Autograd with gradient accumulation over `accumulate` micro-batches, then the update.
+
+    Micro-batches hold `batch_size // accumulate` examples of the epoch's batch size (set it when
+    the batch size changes); a partial last batch is split into micro-batches of the same size.
+    """
+
+    split = True
+
+    def __init__(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, *, accumulate: int
+    ) -> None:
+        self.model, self.optimizer, self.task = model, optimizer, task
+        self.accumulate = accumulate
+        self.micro: int | None = None
+        self.params = list(model.parameters())
+        # SGD takes the same arithmetic as optimizer.step() with less overhead.
+        self.fast_sgd = type(optimizer) is torch.optim.SGD
+
+    def backward(
+        self, xb: torch.Tensor, yb: torch.Tensor, loss_sum: torch.Tensor
+    ) -> tuple[torch.Tensor, Units]:
+        self.optimizer.zero_grad(set_to_none=True)
+        return backward_batch(self.model, self.task, xb, yb, micro=self.micro, loss_sum=loss_sum)
+
+    def set_batch_size(self, batch_size: int) -> None:
+        self.micro = batch_size // self.accumulate
+
+    def update(self) -> None:
+        if self.fast_sgd:
+            sgd_step(self.optimizer, self.params)
+        else:
+            self.optimizer.step()
+
+
+class FastMLPStep:
+    """The built-in MLP with SGD and cross-entropy: forward, backward and update in one call."""
+
+    split = False
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.step = MLPStep(model, optimizer)  # type: ignore[arg-type]  # checked by `supports`
+
+    @staticmethod
+    def supports(
+        model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, *, accumulate: int
+    ) -> bool:
+        """The built-in MLP, plain SGD, classification, no accumulation (which sums gradients)."""
+        return (
+            type(task) is Classification and accumulate == 1 and MLPStep.supports(model, optimizer)
+        )
+
+    def backward(
+        self, xb: torch.Tensor, yb: torch.Tensor, loss_sum: torch.Tensor
+    ) -> tuple[torch.Tensor, Units]:
+        loss, correct = self.step(xb, yb)  # the update is applied here already
+        bs = int(xb.shape[0])
+        loss_sum.add_(loss, alpha=bs)
+        return correct, bs
+
+    def update(self) -> None:
+        pass

@@ -8,309 +8,55 @@ and RUNNING ones (from a killed run) continue from their last checkpoint.
 
 from __future__ import annotations
 
-import io
-import os
-import platform
-import socket
-import subprocess
-import sys
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
 
-from batchlab._version import __version__
 from batchlab.adaptive import run_adaptive
-from batchlab.data import Dataset, load_dataset
 from batchlab.engine import (
     Checkpoint,
     Outcome,
-    Progress,
-    resolve_device,
     train_trial,
 )
 from batchlab.errors import SpecError, StoreError
 from batchlab.executor import check_executor, run_trials
 from batchlab.models import build_model
+from batchlab.prepared import (
+    NullReporter,
+    PreparedStudy,
+    Reporter,
+    load_study_data,
+    prepare,
+    provenance,
+    task_provenance,
+)
 from batchlab.probes import ProbeRecord
-from batchlab.spec import StudySpec, TrialSpec, load_spec, spec_from_dict
-from batchlab.store import Store, profile_subject
-from batchlab.tasks import TASKS, TaskInfo, make_task
+from batchlab.results import DEFAULT_STORE, TRIAL_COLUMNS, Study, load_study
+from batchlab.spec import StudySpec, TrialSpec, load_spec
+from batchlab.store import Store
 from batchlab.trial import EvalRecord, FrozenTrial, TrialState
 
 if TYPE_CHECKING:
     from batchlab.trackers import Tracker
 
-DEFAULT_STORE = Path("batchlab.db")
-TRIAL_COLUMNS = [
-    "study",
-    "trial_id",
-    "number",
-    "batch_size",
-    "lr_base",
-    "lr",
-    "seed",
-    "variant",
-    "control",
-    "state",
-    "diverged_step",
-    "reason",
-    "optimizer",
-    "dataset",
-    "model",
-    "task",
-    "batch_tokens",
+
+__all__ = [
+    "DEFAULT_STORE",
+    "TRIAL_COLUMNS",
+    "NullReporter",
+    "PreparedStudy",
+    "Reporter",
+    "Study",
+    "interpolate_trials",
+    "load_study",
+    "load_study_data",
+    "prepare",
+    "run_study",
 ]
-
-
-class Study:
-    """A study as stored: its spec, its trials, and a tidy DataFrame of every evaluation."""
-
-    def __init__(self, *, name: str, spec: StudySpec, trials: list[FrozenTrial], store: Path):
-        self.name = name
-        self.spec = spec
-        self.trials = trials
-        self.store = store
-
-    def __repr__(self) -> str:
-        return f"Study(name={self.name!r}, trials={len(self.trials)}, store={str(self.store)!r})"
-
-    @property
-    def task(self) -> TaskInfo:
-        """What the loss and score columns mean (from the trials' provenance; classification
-        for a study stored before tasks existed)."""
-        for t in self.trials:
-            if "task" in t.provenance:
-                return TaskInfo.from_dict(t.provenance["task"])
-        if self.spec.task in TASKS:
-            return make_task(self.spec.task, self.spec.task_args).describe()
-        return TaskInfo()
-
-    def trials_in(self, *states: TrialState) -> list[FrozenTrial]:
-        return [t for t in self.trials if t.state in states]
-
-    def to_dataframe(self) -> pd.DataFrame:
-        """One row per trial per evaluation (a trial with no evaluation still gets one row)."""
-        rows: list[dict[str, Any]] = []
-        blank = dict.fromkeys(EvalRecord.columns(), float("nan"))
-        info = self.task
-        for t in self.trials:
-            head = {
-                "study": t.study,
-                "trial_id": t.trial_id,
-                "number": t.number,
-                "batch_size": t.batch_size,
-                "lr_base": t.lr_base,
-                "lr": t.lr,
-                "seed": t.seed,
-                "variant": t.params.get("variant", ""),
-                "control": bool(t.params.get("control", False)),
-                "state": t.state.value,
-                "diverged_step": t.diverged_step,
-                # why it ended early: the adaptive rule (PRUNED) or the error's last line (FAILED)
-                "reason": next(reversed((t.error or "").strip().splitlines()), None),
-                "optimizer": t.params.get("optimizer"),
-                "dataset": t.params.get("dataset"),
-                "model": t.params.get("model"),
-                "task": info.task,
-                # the batch in tokens (a language model) as well as in sequences
-                "batch_tokens": t.batch_size * info.tokens_per_sample,
-            }
-            for e in t.evals or (None,):
-                rows.append({**head, **(e.as_dict() if e is not None else blank)})
-        return pd.DataFrame(rows, columns=[*TRIAL_COLUMNS, *EvalRecord.columns()])
-
-    def probes_dataframe(self) -> pd.DataFrame:
-        """Probe records in long form: one row per trial, step, probe and key."""
-        with Store.open_existing(self.store) as s:
-            rows = s.probe_rows(self.name)
-        by_id = {t.trial_id: t for t in self.trials}
-        out = []
-        for trial_id, step, probe, key, value in rows:
-            t = by_id[trial_id]
-            out.append(
-                {
-                    "study": self.name,
-                    "trial_id": trial_id,
-                    "batch_size": t.batch_size,
-                    "lr": t.lr,
-                    "seed": t.seed,
-                    "variant": t.params.get("variant", ""),
-                    "step": step,
-                    "probe": probe,
-                    "key": key,
-                    "value": value,
-                }
-            )
-        columns = ["study", "trial_id", "batch_size", "lr", "seed", "variant", "step", "probe"]
-        return pd.DataFrame(out, columns=[*columns, "key", "value"])
-
-    def hardware_profiles(self) -> list[tuple[float, str, dict[str, Any]]]:
-        """Stored `batchlab profile` results of this study's model on its data, newest first:
-        (created_at, device, profile as `HardwareProfile.to_dict()`)."""
-        subject = profile_subject(
-            model=self.spec.model,
-            model_args=self.spec.model_args,
-            dataset=self.spec.dataset,
-            dataset_args=self.spec.dataset_args,
-        )
-        with Store.open_existing(self.store) as s:
-            return s.profiles(subject)
-
-    def weights(self, trial_id: str) -> dict[str, torch.Tensor]:
-        """A finished trial's final weights (a state dict), for interpolation and sharpness."""
-        with Store.open_existing(self.store) as s:
-            payload = s.weights(trial_id)
-        if payload is None:
-            raise StoreError(
-                f"trial {trial_id}: no stored weights"
-                " (unfinished, diverged, or save_weights = false)"
-            )
-        state: dict[str, torch.Tensor] = torch.load(
-            io.BytesIO(payload), map_location="cpu", weights_only=True
-        )
-        return state
-
-    def find_trial(self, ref: str) -> FrozenTrial:
-        """A trial by id or unique id prefix."""
-        hits = [t for t in self.trials if t.trial_id.startswith(ref)]
-        if len(hits) != 1:
-            what = "no trial" if not hits else f"{len(hits)} trials"
-            raise StoreError(f"{what} in study {self.name!r} match {ref!r}; give a longer trial id")
-        return hits[0]
-
-
-def load_study(name: str, store: str | Path = DEFAULT_STORE) -> Study:
-    """Load a stored study by name (like `optuna.load_study`)."""
-    with Store.open_existing(store) as s:
-        spec = spec_from_dict(s.study_spec(name), source=f"stored study {name!r}")
-        return Study(name=name, spec=spec, trials=s.trials(name), store=Path(store))
-
-
-class Reporter(Protocol):
-    """What a progress display implements; `NullReporter` ignores everything."""
-
-    def study_started(self, spec: StudySpec, total: int, already_done: int) -> None: ...
-    def trial_started(self, trial: TrialSpec, total_steps: int | None) -> None: ...
-    def trial_progress(self, progress: Progress) -> None: ...
-    def trial_finished(self, trial: TrialSpec, state: TrialState) -> None: ...
-    def study_finished(self) -> None: ...
-
-
-class NullReporter:
-    def study_started(self, spec: StudySpec, total: int, already_done: int) -> None:
-        pass
-
-    def trial_started(self, trial: TrialSpec, total_steps: int | None) -> None:
-        pass
-
-    def trial_progress(self, progress: Progress) -> None:
-        pass
-
-    def trial_finished(self, trial: TrialSpec, state: TrialState) -> None:
-        pass
-
-    def study_finished(self) -> None:
-        pass
-
-
-@dataclass(frozen=True, kw_only=True)
-class PreparedStudy:
-    """A validated spec with its data loaded: everything checked before the store is touched."""
-
-    spec: StudySpec
-    data: Dataset
-    device: torch.device
-
-
-def load_study_data(spec: StudySpec, *, data_dir: Path | None = None) -> Dataset:
-    """The study's data, split and prepared for its task (named, or implied by the data)."""
-    return load_dataset(
-        spec.dataset,
-        args=spec.dataset_args,
-        data_dir=data_dir,
-        val_fraction=spec.val_fraction,
-        data_seed=spec.data_seed,
-        train_subset=spec.train_subset,
-        task=spec.task,
-        task_args=spec.task_args,
-        workers=spec.data_workers,
-    )
-
-
-def prepare(spec: StudySpec, *, data_dir: Path | None = None) -> PreparedStudy:
-    """Load the data and check the spec against it (batch sizes, model); raise one-line errors."""
-    data = load_study_data(spec, data_dir=data_dir)
-    too_big = [b for _, v in spec.resolved_variants() for b in v.batch_sizes if b > data.n_train]
-    if too_big:
-        raise SpecError(
-            f"batch_sizes: {too_big} exceed the {data.n_train} training examples;"
-            f" use batch sizes <= {data.n_train}"
-        )
-    build_model(
-        spec.model,
-        spec.model_args,
-        input_shape=data.input_shape,
-        num_classes=data.num_classes,
-        seed=0,
-    )
-    try:
-        device = resolve_device(spec.device)
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as err:
-        raise SpecError(f"device: {spec.device!r} is not usable here ({err}); use cpu") from None
-    return PreparedStudy(
-        spec=spec, data=data.to(device, budget_bytes=device_data_budget(device)), device=device
-    )
-
-
-DEVICE_DATA_SHARE = 0.5
-"""The share of a GPU's free memory the dataset may take; larger data stays in host memory."""
-
-
-def device_data_budget(device: torch.device) -> int | None:
-    """How many bytes of tensors may be moved to `device` once per study (None: no limit)."""
-    if device.type != "cuda":
-        return None
-    free, _ = torch.cuda.mem_get_info(device)
-    return int(DEVICE_DATA_SHARE * free)
-
-
-def task_provenance(data: Dataset) -> dict[str, Any]:
-    """The task's labels and tokens per example, stored with each trial (`Study.task`)."""
-    n = min(len(data.train), 4096) if not data.in_memory else len(data.train)
-    _, y = data.train.head(n)  # a Dataset read by index: the mean over its first rows
-    units = float(data.task.units(y)) / max(1, n)
-    return replace(data.task.describe(), tokens_per_sample=units).as_dict()
-
-
-def provenance(device: torch.device) -> dict[str, Any]:
-    """Where and with what a trial ran: versions, device, threads, git commit when available."""
-    if device.type == "cuda":
-        device_name = torch.cuda.get_device_name(device)
-    else:
-        device_name = platform.processor() or platform.machine()
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=2, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {
-        "batchlab": __version__,
-        "torch": torch.__version__,
-        "python": sys.version.split()[0],
-        "device": str(device),
-        "device_name": device_name,
-        "threads": torch.get_num_threads(),
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "git_commit": commit,
-    }
 
 
 def _run_one(

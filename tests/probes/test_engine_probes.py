@@ -15,6 +15,7 @@ import torch
 from batchlab.data import load_dataset
 from batchlab.engine import train_trial
 from batchlab.probes import Every, Probe, ProbeContext, ProbeRecord, Schedule
+from batchlab.probes.base import Need
 from batchlab.spec import StudySpec, spec_from_dict
 from batchlab.trial import EvalRecord, TrialState
 
@@ -86,14 +87,23 @@ def test_probe_time_is_excluded_from_training_time(
 
 
 class IdleProbe(Probe):
-    """Due at every step and measures nothing: the engine's probed code path, no probe work."""
+    """Due at every step, reads the step's gradients and measures nothing: the engine's probed
+    (autograd, split) code path, no probe work."""
 
     name: ClassVar[str] = "idle"
     tier: ClassVar[Any] = "cheap"
+    needs: ClassVar[frozenset[Need]] = frozenset({"grads"})
 
     @classmethod
     def default_schedule(cls, total_steps: int | None) -> Schedule:
         return Every(1, total_steps=total_steps)
+
+
+class AfterUpdateProbe(IdleProbe):
+    """Due at every step, needs neither the step's gradients nor the pre-update weights."""
+
+    name: ClassVar[str] = "after_update_only"
+    needs: ClassVar[frozenset[Need]] = frozenset({"data"})
 
 
 def _metrics(rows: list[EvalRecord]) -> list[dict[str, Any]]:
@@ -127,3 +137,19 @@ def test_standard_probes_leave_the_engine_trajectory_unchanged(
             assert (math.isnan(x) and math.isnan(y)) or y == pytest.approx(x, rel=1e-5), field
     assert {r.probe for r in records} == {"grad_norms", "update_size", "distance", "noise_scale"}
     assert all(r.value == 0.0 for r in records if r.probe == "distance" and r.step == 0)
+
+
+def test_a_probe_that_needs_no_gradients_keeps_the_fast_step(
+    make_spec: SpecFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`needs` is read: a probe due at every step that reads neither `p.grad` nor the pre-update
+    weights leaves the hand-written MLP step in place (bit-identical to an unprobed trial); one
+    that reads gradients moves its steps to autograd (equal to float rounding only)."""
+    monkeypatch.setitem(suite_module.PROBES, "idle", IdleProbe)
+    monkeypatch.setitem(suite_module.PROBES, "after_update_only", AfterUpdateProbe)
+    base = {"batch_sizes": [16], "budget": {"epochs": 2}, "momentum": 0.9}
+    plain, _, _ = _run(spec_from_dict(make_spec(**base)))
+    light, _, _ = _run(spec_from_dict(make_spec(**base, probes=["after_update_only"])))
+    grads, _, _ = _run(spec_from_dict(make_spec(**base, probes=["idle"])))
+    assert _metrics(plain) == _metrics(light)
+    assert _metrics(plain) != _metrics(grads)

@@ -43,9 +43,10 @@ class CriticalBatchError(BatchlabError, ValueError):
 class Target:
     """What "reaching the target" means: `metric` meets `value`, or `fraction` of the best.
 
-    For an accuracy the threshold is `value` or `fraction * best` (met when metric >= it); for a
-    loss it is `value` or `best / fraction` (met when metric <= it), so 0.98 means "within about
-    2% of the best loss". "Best" is over every evaluation of the COMPLETE trials considered.
+    For a score (`*_acc`: the task's accuracy, R² or token accuracy) the threshold is `value`
+    or `fraction * best` (met when metric >= it); for a loss it is `value` or `best / fraction`
+    (met when metric <= it), so 0.98 means "within about 2% of the best loss". "Best" is over
+    every evaluation of the COMPLETE trials considered.
     """
 
     metric: Metric = "val_acc"
@@ -119,7 +120,8 @@ class Target:
 
 
 def default_target(trials: Iterable[FrozenTrial], fraction: float = 0.98) -> Target:
-    """`fraction` of the best validation accuracy; test accuracy when no validation was kept."""
+    """`fraction` of the best validation score (`val_acc`: accuracy, R², ...); the test score
+    when no validation was kept."""
     has_val = any(
         math.isfinite(e.val_acc) for t in trials if t.state is TrialState.COMPLETE for e in t.evals
     )

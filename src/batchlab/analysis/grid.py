@@ -2,12 +2,13 @@
 
 The rule, per trial: DIVERGED (a non-finite loss) is "diverged"; FAILED is "failed"; a finished
 trial whose final full-training-set loss is not below its initial one (or is not finite), or
-whose final full-training-set accuracy is less than `MIN_ACC_GAIN` (5 points) above its initial
-one (a collapse to a near-constant prediction, whose loss can still fall a little below a poor
-initial one), is "unstable"; anything else is "converged". A cell (variant, batch size, lr)
-takes the worst status over its seeds. The usable band at a batch size is the range of lrs
-whose cells converged; the best lr is the converged one with the highest mean validation
-accuracy (test accuracy is reported, not used to choose).
+whose final full-training-set score (`*_acc`: the task's accuracy, R², ...) is less than
+`MIN_ACC_GAIN` (5 points, 0.05 of R²) above its initial one (a collapse to a near-constant
+prediction, whose loss can still fall a little below a poor initial one), is "unstable";
+anything else is "converged". A cell (variant, batch size, lr) takes the worst status over its
+seeds. The usable band at a batch size is the range of lrs whose cells converged; the best lr is
+the converged one with the highest mean validation score (the test score is reported, not used
+to choose).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from batchlab.trial import FrozenTrial, TrialState
 
 Status = Literal["converged", "unstable", "diverged", "failed", "pending"]
 _WORST: list[Status] = ["failed", "diverged", "unstable", "pending", "converged"]
-MIN_ACC_GAIN = 0.05  # training accuracy a converged run must gain over its initialization
+MIN_ACC_GAIN = 0.05  # training score (accuracy, R²) a converged run must gain over its init
 
 
 def classify(trial: FrozenTrial) -> Status:

@@ -4,15 +4,16 @@ Rules (see docs/critical-batch-size.md):
 - A cell is (variant, batch size, lr_base) over seeds; control trials are left out. A cell is
   eligible when every one of its trials is COMPLETE (a diverged or failed seed disqualifies the
   lr rather than being averaged away).
-- Best: the eligible cell with the highest mean final test accuracy. Its lead over the runner-up
-  "exceeds the seed spread" when it is larger than `seed_spread` of the two cells: the sum of
-  their sample standard deviations over seeds (the report's findings use the same rule); with one
-  seed per cell that cannot be told (None).
+- Best: the eligible cell with the highest mean final test score (the stored `test_acc`: the
+  task's accuracy, R² or token accuracy). Its lead over the runner-up "exceeds the seed spread"
+  when it is larger than `seed_spread` of the two cells: the sum of their sample standard
+  deviations over seeds (the report's findings use the same rule); with one seed per cell that
+  cannot be told (None).
 - Fastest: the eligible cell whose seeds all reach the target with the least mean training time
   to it (interpolated, evaluation excluded).
 - Pareto front over eligible cells: mean final training time (lower is better) against mean final
-  test accuracy (higher is better); a cell is on it when no other cell is at least as good on
-  both and better on one.
+  test score (higher is better); a cell is on it when no other cell is at least as good on both
+  and better on one.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from batchlab.analysis.critical import (
     reach,
 )
 from batchlab.errors import BatchlabError
+from batchlab.tasks.base import TaskInfo
 from batchlab.trial import FrozenTrial, TrialState
 
 
@@ -62,7 +64,8 @@ class _Spec(Protocol):
 
 
 class StudyLike(Protocol):
-    """What a recommendation reads: `batchlab.study.Study` satisfies it."""
+    """What a recommendation reads: `batchlab.study.Study` satisfies it (its `task`, if it has
+    one, names the score; without one the score reads as classification accuracy)."""
 
     @property
     def name(self) -> str: ...
@@ -90,6 +93,7 @@ class CellSummary:
     train_time_s: float
     time_to_target_s: float  # NaN unless every seed reached the target
     reached: int  # seeds that reached the target
+    test_loss: float = math.nan  # mean over seeds of the final test loss
 
     def label(self) -> str:
         v = f"{self.variant}: " if self.variant else ""
@@ -113,6 +117,7 @@ class Recommendation:
     pareto: tuple[CellSummary, ...]
     excluded: int  # cells left out because a seed is not COMPLETE
     assumptions: tuple[str, ...] = field(default_factory=tuple)
+    task: TaskInfo = field(default_factory=TaskInfo)  # names and formats the score
 
     def to_dict(self) -> dict[str, Any]:
         def cell(c: CellSummary | None) -> dict[str, Any] | None:
@@ -135,6 +140,7 @@ class Recommendation:
             "pareto": [asdict(c) for c in self.pareto],
             "excluded_cells": self.excluded,
             "assumptions": list(self.assumptions),
+            "task": self.task.as_dict(),
         }
 
     @property
@@ -150,22 +156,25 @@ class Recommendation:
         Topics: "best", "fastest", "critical", "noise" (only when probed), "pareto",
         "assumptions". The first sentence of each states the answer; later ones qualify it.
         """
-        b = self.best
+        b, task = self.best, self.task
+        loss = task.loss_text(b.test_loss)  # "" for classification
         best = [
-            f"Best final test accuracy: {b.label()}: {_pct(b.test_acc, b.test_acc_std)}"
-            f" over {b.seeds} seed(s)."
+            f"Best final test {task.score_label}: {b.label()}:"
+            f" {task.format_score_mean_std(b.test_acc, b.test_acc_std)} over {b.seeds} seed(s)"
+            + (f"; {loss}." if loss else ".")
         ]
         if self.runner_up is None:
             best.append("No runner-up to compare with (one eligible cell).")
         else:
+            spread = task.format_score_diff(self.spread, unit="points")
             verdict = {
                 None: "one seed per cell, so whether it exceeds the seed spread cannot be told",
-                True: f"larger than the seed spread ({100 * self.spread:.2f} points)",
-                False: f"within the seed spread ({100 * self.spread:.2f} points): a tie",
+                True: f"larger than the seed spread ({spread})",
+                False: f"within the seed spread ({spread}): a tie",
             }[self.lead_exceeds_spread]
             best.append(
                 f"Lead over the runner-up ({self.runner_up.label()}):"
-                f" {100 * self.lead:.2f} points, {verdict}."
+                f" {task.format_score_diff(self.lead, unit='points')}, {verdict}."
             )
         out: list[tuple[str, list[str]]] = [("best", best)]
         target = f"{self.target} (= {self.threshold:.4g})"
@@ -223,10 +232,11 @@ class Recommendation:
                 )
             out.append(("noise", noise))
         front = "; ".join(
-            f"B={c.batch_size}, lr={c.lr:.3g}: {c.train_time_s:.3g} s, {100 * c.test_acc:.2f}%"
+            f"B={c.batch_size}, lr={c.lr:.3g}: {c.train_time_s:.3g} s,"
+            f" {task.format_score(c.test_acc)}"
             for c in self.pareto
         )
-        pareto = [f"Pareto front (training time vs final test accuracy): {front}."]
+        pareto = [f"Pareto front (training time vs final test {task.score_label}): {front}."]
         if self.excluded:
             pareto.append(f"{self.excluded} cell(s) left out: a seed did not COMPLETE.")
         out.append(("pareto", pareto))
@@ -247,11 +257,6 @@ def _order_of_magnitude(ratio: float) -> str:
     if 0.1 <= ratio <= 10:
         return "within a factor 10, the agreement the model predicts"
     return "more than a factor 10 apart, not the agreement the model predicts"
-
-
-def _pct(mean: float, std: float) -> str:
-    s = f"{100 * mean:.2f}%"
-    return s if math.isnan(std) else f"{s} ± {100 * std:.2f}"
 
 
 def _stdev(xs: Sequence[float]) -> float:
@@ -289,13 +294,14 @@ def summarize_cells(
                     statistics.fmean(r.time_s for r in reaches) if done else math.nan
                 ),
                 reached=sum(r.reached for r in reaches),
+                test_loss=statistics.fmean(t.evals[-1].test_loss for t in ts),
             )
         )
     return cells, excluded
 
 
 def pareto_front(cells: Sequence[CellSummary]) -> list[CellSummary]:
-    """Cells not dominated in (lower training time, higher test accuracy), fastest first."""
+    """Cells not dominated in (lower training time, higher test score), fastest first."""
     ok = [c for c in cells if math.isfinite(c.train_time_s) and math.isfinite(c.test_acc)]
 
     def dominates(a: CellSummary, b: CellSummary) -> bool:
@@ -310,14 +316,14 @@ def pareto_front(cells: Sequence[CellSummary]) -> list[CellSummary]:
 
 
 def assumptions(study: StudyLike) -> tuple[str, ...]:
-    spec = study.spec
+    spec, task = study.spec, TaskInfo.of(study)
     return (
         f"Every trial got the same budget ({spec.budget.kind} = {spec.budget.value:g}),"
         " so results compare batch sizes at equal " + spec.budget.kind + ".",
         f"Learning rates follow the {spec.lr_scaling!r} scaling rule from lr_base at reference"
         f" batch size {spec.reference_batch_size}.",
-        "Final test accuracy is reported, not tuned on; the target and the best lr per batch"
-        " size for B_crit use the target metric.",
+        f"Final test {task.score_label} is reported, not tuned on; the target and the best lr"
+        " per batch size for B_crit use the target metric.",
     )
 
 
@@ -383,4 +389,5 @@ def recommend(
         pareto=tuple(pareto_front(cells)),
         excluded=excluded,
         assumptions=assumptions(study),
+        task=TaskInfo.of(study),
     )

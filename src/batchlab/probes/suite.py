@@ -150,6 +150,16 @@ class ProbeSuite:
         """Whether any probe measures at update `step` (pure Python, cheap)."""
         return any(p.schedule.due(step) for p in self.probes)
 
+    def needs_split_step(self, step: int) -> bool:
+        """Whether a probe due at update `step` reads the step's own gradients (`needs` "grads")
+        or the weights before the update (it has an `after_backward` hook): the engine then
+        takes that step through autograd, split around the probe; other steps may stay fast."""
+        return any(
+            p.schedule.due(step)
+            and ("grads" in p.needs or type(p).after_backward is not Probe.after_backward)
+            for p in self.probes
+        )
+
     def start(self, ctx: ProbeContext) -> None:
         """Once before training, at the initial weights (ctx.step == 0)."""
         for p in self.probes:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from batchlab.errors import BatchlabError
+from batchlab.tasks.base import TaskInfo
 from batchlab.trial import FrozenTrial
 
 if TYPE_CHECKING:
@@ -46,7 +47,11 @@ class SpecLike(Protocol):
 
 
 class StudyLike(Protocol):
-    """A stored study: its name, its spec and its (finished or not) trials."""
+    """A stored study: its name, its spec and its (finished or not) trials.
+
+    A study may also have a `task` (a `batchlab.tasks.TaskInfo`, as `batchlab.study.Study` has)
+    naming its loss and score; without one they read as classification's (see `task_of`).
+    """
 
     @property
     def name(self) -> str: ...
@@ -74,3 +79,8 @@ class ProfileSource(Protocol):
     (created_at, device, profile dict) newest first. The hardware figure needs it."""
 
     def hardware_profiles(self) -> list[tuple[float, str, dict[str, Any]]]: ...
+
+
+def task_of(studies: Sequence[StudyLike]) -> TaskInfo:
+    """What the studies' loss and score are (a report overlays studies of one task only)."""
+    return TaskInfo.of(studies[0]) if studies else TaskInfo()

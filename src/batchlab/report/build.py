@@ -13,7 +13,7 @@ import plotly.io as pio
 
 from batchlab._version import __version__
 from batchlab.report._html import FindingItem, Section, page
-from batchlab.report._types import ReportError, StudyLike
+from batchlab.report._types import ReportError, StudyLike, task_of
 from batchlab.report.figure import Figure
 from batchlab.report.figures import DEFAULT_FIGURES
 from batchlab.report.findings import (
@@ -25,6 +25,7 @@ from batchlab.report.findings import (
 from batchlab.report.palette import palette_for
 from batchlab.report.recommendation import recommendation_view, study_recommendation
 from batchlab.report.stats import BAND, Cell, Stat, cells
+from batchlab.tasks.base import TaskInfo
 from batchlab.trial import TrialState
 
 PNG_DPI = 110
@@ -124,6 +125,7 @@ def _study_meta(study: StudyLike) -> dict[str, Any]:
         "batch_sizes": sorted({t.batch_size for t in study.trials}),
         "lr_bases": sorted({t.lr_base for t in study.trials}),
         "seeds": sorted({t.seed for t in study.trials}),
+        "task": TaskInfo.of(study).as_dict(),  # what the *_loss and *_acc numbers are
     }
 
 
@@ -176,6 +178,13 @@ def _check(studies: Sequence[StudyLike], figures: Sequence[Figure[Any]]) -> None
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ReportError(f"study {dupes[0]!r} given twice: compare distinct studies")
+    tasks = {s.name: TaskInfo.of(s).task for s in studies}
+    if len(set(tasks.values())) > 1:
+        which = ", ".join(f"{n!r} is {t}" for n, t in tasks.items())
+        raise ReportError(
+            f"cannot overlay studies of different tasks ({which}): their scores differ;"
+            " compare studies of one task"
+        )
     fig_names = [f.name for f in figures]
     clash = sorted({n for n in fig_names if fig_names.count(n) > 1})
     if clash:
@@ -200,12 +209,14 @@ def _build(
 
     sections: list[Section] = []
     figure_index: list[dict[str, Any]] = []
+    task = task_of(studies)
     for fig in figures:
         data = fig.extract(studies)
         png_path = fig_dir / f"{fig.name}.png"
+        fig_title, fig_description = fig.text_for(task)
         if data is None:
             png_path.unlink(missing_ok=True)  # a stale PNG from an earlier build would mislead
-            figure_index.append({"name": fig.name, "title": fig.title, "shown": False})
+            figure_index.append({"name": fig.name, "title": fig_title, "shown": False})
             continue
         chart = pio.to_html(
             fig.render_plotly(data, palette),
@@ -217,19 +228,19 @@ def _build(
         rel_png = None
         if png:
             mfig = fig.render_matplotlib(data, palette)
-            mfig.suptitle(fig.title, fontsize=14, fontweight="bold")
+            mfig.suptitle(fig_title, fontsize=14, fontweight="bold")
             mfig.savefig(png_path, dpi=PNG_DPI, facecolor="white")
             rel_png = f"figures/{fig.name}.png"
         sections.append(
             Section(
                 name=fig.name,
-                title=fig.title,
-                description=fig.description,
+                title=fig_title,
+                description=fig_description,
                 chart_html=chart,
                 png=rel_png,
             )
         )
-        figure_index.append({"name": fig.name, "title": fig.title, "shown": True, "png": rel_png})
+        figure_index.append({"name": fig.name, "title": fig_title, "shown": True, "png": rel_png})
 
     metas = [_study_meta(s) for s in studies]
     all_cells = cells(studies)

@@ -3,6 +3,8 @@
 Adding a figure to the report is one small module that builds a `Figure` and passes it to
 `build_report(..., extra_figures=[...])` (or appends it to `DEFAULT_FIGURES` for every report).
 `extract` returns None when the figure does not apply (e.g. a heatmap over one learning rate).
+A figure that names the score or the loss reads their names from the studies' `TaskInfo`: in its
+data (`extract` gets the studies) and, through `text`, in its title and caption.
 """
 
 from __future__ import annotations
@@ -10,12 +12,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from matplotlib.figure import Figure as MplFigure
 
 from batchlab.report._types import StudyLike
 from batchlab.report.palette import Palette
+
+if TYPE_CHECKING:
+    from batchlab.tasks.base import TaskInfo
 
 D = TypeVar("D")
 
@@ -37,7 +42,14 @@ class Figure(Generic[D]):
     extract: Callable[[Sequence[StudyLike]], D | None]
     render_plotly: Callable[[D, Palette], Any]
     render_matplotlib: Callable[[D, Palette], MplFigure]
+    text: Callable[[TaskInfo], tuple[str, str]] | None = None
+    """For a figure that names the score or loss: its (title, description) for a task; `title`
+    and `description` are then its classification ones."""
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
             raise ValueError(f"figure name {self.name!r}: use lowercase letters, digits, - and _")
+
+    def text_for(self, task: TaskInfo) -> tuple[str, str]:
+        """The title and description to show for studies of `task`."""
+        return (self.title, self.description) if self.text is None else self.text(task)

@@ -2,7 +2,8 @@
 
 Rules (docs/report.md explains them):
 - Only COMPLETE trials count. A cell is one (lr_base, batch size); its score is the mean final
-  test accuracy over seeds, its spread the sample standard deviation over seeds.
+  test score over seeds (the task's: accuracy, R², token accuracy), its spread the sample
+  standard deviation over seeds. Scores are named and formatted by the study's `TaskInfo`.
 - Best: the cell with the highest mean (per lr_base, and overall).
 - Neighbours: the best cell is compared with the next smaller and larger batch size at the same
   lr_base. The difference counts as real when it exceeds the sum of the two standard deviations
@@ -19,8 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from batchlab.analysis.recommend import seed_spread
-from batchlab.report._types import StudyLike
+from batchlab.report._types import StudyLike, task_of
 from batchlab.report.stats import Cell, cells
+from batchlab.tasks.base import TaskInfo
 from batchlab.trial import FrozenTrial, TrialState
 
 Level = Literal["info", "warning"]
@@ -39,23 +41,29 @@ class Finding:
         return {"kind": self.kind, "level": self.level, "text": self.text, "data": self.data}
 
 
-def _pct(x: float) -> str:
-    return f"{100.0 * x:.2f} %"
+def _score(x: float, task: TaskInfo) -> str:
+    """A score: "88.38 %" for a fraction, "0.884" for R²."""
+    return task.format_score(x, space=True)
 
 
-def _pp(x: float) -> str:
-    return f"{100.0 * x:.2f} pp"
+def _diff(x: float, task: TaskInfo) -> str:
+    """A difference of scores: "1.23 pp" (percentage points) for a fraction, "0.012" for R²."""
+    return task.format_score_diff(x, unit="pp")
 
 
-def _acc(c: Cell) -> str:
+def _acc(c: Cell, task: TaskInfo) -> str:
     seeds = f"{c.test_acc.n} seed{'s' if c.test_acc.n != 1 else ''}"
+    score = _score(c.test_acc.mean, task)
     if math.isfinite(c.test_acc.std):
-        return f"{_pct(c.test_acc.mean)} ± {_pp(c.test_acc.std)} (std over {seeds})"
-    return f"{_pct(c.test_acc.mean)} ({seeds}, no spread)"
+        text = f"{score} ± {_diff(c.test_acc.std, task)} (std over {seeds})"
+    else:
+        text = f"{score} ({seeds}, no spread)"
+    loss = task.loss_text(c.test_loss.mean)
+    return f"{text}; {loss}" if loss else text
 
 
-def _cell_data(c: Cell) -> dict[str, Any]:
-    return {
+def _cell_data(c: Cell, task: TaskInfo) -> dict[str, Any]:
+    data: dict[str, Any] = {
         "lr_base": c.key.lr_base,
         "lr": c.lr,
         "batch_size": c.batch_size,
@@ -65,6 +73,11 @@ def _cell_data(c: Cell) -> dict[str, Any]:
         "train_time_s_mean": c.train_time_s.mean,
         "steps_mean": c.steps.mean,
     }
+    if task.shows_loss:
+        data["test_loss_mean"] = c.test_loss.mean
+    if task.has_perplexity:
+        data["test_perplexity"] = task.perplexity(c.test_loss.mean)
+    return data
 
 
 def _count(n: int, word: str) -> str:
@@ -83,7 +96,7 @@ def budget_text(kind: str, value: float) -> str:
     return f"{value:,.0f} {unit}" if value >= 1e4 else f"{value:g} {unit}"
 
 
-def _budget(study: StudyLike, scored: Sequence[Cell]) -> Finding:
+def _budget(study: StudyLike, scored: Sequence[Cell], task: TaskInfo) -> Finding:
     kind, value = study.spec.budget.kind, study.spec.budget.value
     per_bs: dict[int, Cell] = {}
     for c in scored:
@@ -102,8 +115,9 @@ def _budget(study: StudyLike, scored: Sequence[Cell]) -> Finding:
             text += (
                 " So larger batches took fewer parameter updates: "
                 + _sizes(steps, ",.0f")
-                + ". Part of any accuracy drop at large batch sizes may be these missing updates,"
-                " not the batch size itself; compare on the update axis of the curves."
+                + f". Part of any {task.score_label} drop at large batch sizes may be these"
+                " missing updates, not the batch size itself; compare on the update axis of the"
+                " curves."
             )
     elif kind == "steps":
         text = f"Budget held equal: {value:,.0f} parameter updates per trial."
@@ -203,7 +217,7 @@ def _problems(study: StudyLike) -> list[Finding]:
     return out
 
 
-def _neighbours(best: Cell, scored: Sequence[Cell]) -> list[Finding]:
+def _neighbours(best: Cell, scored: Sequence[Cell], task: TaskInfo) -> list[Finding]:
     same = sorted((c for c in scored if c.key == best.key), key=lambda c: c.batch_size)
     i = next(k for k, c in enumerate(same) if c.batch_size == best.batch_size)
     out = []
@@ -216,9 +230,9 @@ def _neighbours(best: Cell, scored: Sequence[Cell]) -> list[Finding]:
         if not math.isfinite(spread):
             verdict, separated = "with a single seed the seed spread is unknown", None
         elif diff > spread:
-            verdict, separated = f"more than the seed spread ({_pp(spread)})", True
+            verdict, separated = f"more than the seed spread ({_diff(spread, task)})", True
         else:
-            verdict = f"within the seed spread ({_pp(spread)}): treat them as tied"
+            verdict = f"within the seed spread ({_diff(spread, task)}): treat them as tied"
             separated = False
         data["separated"] = separated
         out.append(
@@ -226,8 +240,9 @@ def _neighbours(best: Cell, scored: Sequence[Cell]) -> list[Finding]:
                 kind="neighbour",
                 level="info",
                 text=(
-                    f"Against its neighbour b={nb.batch_size} ({_pct(nb.test_acc.mean)}) the best"
-                    f" batch size {best.batch_size} is ahead by {_pp(diff)}, {verdict}."
+                    f"Against its neighbour b={nb.batch_size} ({_score(nb.test_acc.mean, task)})"
+                    f" the best batch size {best.batch_size} is ahead by {_diff(diff, task)},"
+                    f" {verdict}."
                 ),
                 data=data,
             )
@@ -283,7 +298,7 @@ def _edges(study: StudyLike, best: Cell, neighbours: Sequence[Finding]) -> list[
     return out
 
 
-def _fastest(study: StudyLike, best: Cell, scored: Sequence[Cell]) -> Finding:
+def _fastest(study: StudyLike, best: Cell, scored: Sequence[Cell], task: TaskInfo) -> Finding:
     if study.spec.budget.kind == "seconds":
         timed = [c for c in scored if math.isfinite(c.samples_per_s.mean)]
         if not timed:
@@ -296,7 +311,7 @@ def _fastest(study: StudyLike, best: Cell, scored: Sequence[Cell]) -> Finding:
                 f"Every trial had the same wall time; batch size {top.batch_size} processed the"
                 f" most data, {top.samples_per_s.mean:,.0f} samples/s."
             ),
-            data=_cell_data(top),
+            data=_cell_data(top, task),
         )
     timed = [c for c in scored if math.isfinite(c.train_time_s.mean)]
     fast = min(timed, key=lambda c: (c.train_time_s.mean, -c.test_acc.mean), default=None)
@@ -311,10 +326,10 @@ def _fastest(study: StudyLike, best: Cell, scored: Sequence[Cell]) -> Finding:
             f"Fastest: batch size {fast.batch_size} (lr_base={fast.key.lr_base:g}) trained in"
             f" {fast.train_time_s.mean:.3g} s against {best.train_time_s.mean:.3g} s for the best"
             f" batch size {best.batch_size} ({best.train_time_s.mean / fast.train_time_s.mean:.1f}×"
-            f" longer), reaching {_pct(fast.test_acc.mean)}, "
-            f"{_pp(best.test_acc.mean - fast.test_acc.mean)} below the best."
+            f" longer), reaching {_score(fast.test_acc.mean, task)}, "
+            f"{_diff(best.test_acc.mean - fast.test_acc.mean, task)} below the best."
         )
-    return Finding(kind="fastest", level="info", text=text, data=_cell_data(fast))
+    return Finding(kind="fastest", level="info", text=text, data=_cell_data(fast, task))
 
 
 def study_findings(study: StudyLike) -> list[Finding]:
@@ -327,6 +342,7 @@ def study_findings(study: StudyLike) -> list[Finding]:
                 text=f"Study {study.name!r} has no trials yet: run it, then build the report.",
             )
         ]
+    task = TaskInfo.of(study)
     all_cells = cells([study])
     scored = [c for c in all_cells if c.test_acc.n > 0]
     out: list[Finding] = []
@@ -341,8 +357,8 @@ def study_findings(study: StudyLike) -> list[Finding]:
                 level="warning",
                 text=(
                     f"None of the {_count(len(study.trials), 'trial')} completed ({counts}):"
-                    " there is no accuracy to compare. Lower the learning rate or fix the failures"
-                    " below, then rerun."
+                    f" there is no {task.score_label} to compare. Lower the learning rate or fix"
+                    " the failures below, then rerun."
                 ),
                 data={"states": states},
             )
@@ -357,11 +373,14 @@ def study_findings(study: StudyLike) -> list[Finding]:
         Finding(
             kind="best",
             level="info",
-            text=f"Best batch size: {best.batch_size}{where}, test accuracy {_acc(best)}.",
-            data=_cell_data(best),
+            text=(
+                f"Best batch size: {best.batch_size}{where},"
+                f" test {task.score_label} {_acc(best, task)}."
+            ),
+            data=_cell_data(best, task),
         )
     )
-    neighbours = _neighbours(best, scored)
+    neighbours = _neighbours(best, scored, task)
     out.extend(neighbours)
     if multi_lr:
         for lr in sorted({c.key.lr_base for c in scored}):
@@ -371,20 +390,24 @@ def study_findings(study: StudyLike) -> list[Finding]:
                 Finding(
                     kind="best_per_lr",
                     level="info",
-                    text=f"At lr_base={lr:g} the best batch size is {top.batch_size}: {_acc(top)}.",
-                    data=_cell_data(top),
+                    text=(
+                        f"At lr_base={lr:g} the best batch size is {top.batch_size}:"
+                        f" {_acc(top, task)}."
+                    ),
+                    data=_cell_data(top, task),
                 )
             )
     out.extend(_edges(study, best, neighbours))
-    out.append(_fastest(study, best, scored))
+    out.append(_fastest(study, best, scored, task))
     out.extend(_problems(study))
-    out.append(_budget(study, scored))
+    out.append(_budget(study, scored, task))
     out.append(_lr_scaling(study))
     return out
 
 
 def comparison_findings(studies: Sequence[StudyLike]) -> list[Finding]:
     """Which study did best, and whether its lead exceeds the seed spread."""
+    task = task_of(studies)
     bests = []
     for s in studies:
         scored = [c for c in cells([s]) if c.test_acc.n > 0]
@@ -399,14 +422,14 @@ def comparison_findings(studies: Sequence[StudyLike]) -> list[Finding]:
     if not math.isfinite(spread):
         verdict = "with a single seed the seed spread is unknown"
     elif diff > spread:
-        verdict = f"more than the seed spread ({_pp(spread)})"
+        verdict = f"more than the seed spread ({_diff(spread, task)})"
     else:
-        verdict = f"within the seed spread ({_pp(spread)}): treat them as tied"
+        verdict = f"within the seed spread ({_diff(spread, task)}): treat them as tied"
     text = (
         f"Best overall: {top.key.study!r} at batch size {top.batch_size}"
-        f" (lr_base={top.key.lr_base:g}), {_acc(top)}; ahead of {second.key.study!r}"
-        f" (batch size {second.batch_size}, {_pct(second.test_acc.mean)})"
-        f" by {_pp(diff)}, {verdict}."
+        f" (lr_base={top.key.lr_base:g}), {_acc(top, task)}; ahead of {second.key.study!r}"
+        f" (batch size {second.batch_size}, {_score(second.test_acc.mean, task)})"
+        f" by {_diff(diff, task)}, {verdict}."
     )
     return [
         Finding(
@@ -414,8 +437,8 @@ def comparison_findings(studies: Sequence[StudyLike]) -> list[Finding]:
             level="info",
             text=text,
             data={
-                "best": {"study": top.key.study, **_cell_data(top)},
-                "runner_up": {"study": second.key.study, **_cell_data(second)},
+                "best": {"study": top.key.study, **_cell_data(top, task)},
+                "runner_up": {"study": second.key.study, **_cell_data(second, task)},
                 "difference": diff,
                 "spread": spread,
             },

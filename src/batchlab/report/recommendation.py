@@ -1,15 +1,15 @@
 """The report's first section: the answer of `batchlab recommend`, and its numbers for summary.json.
 
 `study_recommendation` runs `batchlab.analysis.recommend.recommend` on one study with the default
-target (0.98 of the best validation accuracy; test accuracy when no validation split was kept),
+target (0.98 of the best validation score; the test score when no validation split was kept),
 adding the noise-scale comparison when the study has probe records. When no recommendation can be
 made (one batch size, nothing COMPLETE, ...) it keeps the one-line reason instead of a number.
-`recommendation_view` turns the result into plain strings for the page (escaped there).
+`recommendation_view` turns the result into plain strings for the page (escaped there), naming
+and formatting the score as the study's task does (accuracy in %, R² as a plain number).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,23 +17,33 @@ from batchlab.analysis.critical import default_target
 from batchlab.analysis.recommend import Recommendation, recommend
 from batchlab.errors import BatchlabError
 from batchlab.report._types import ProbeSource, StudyLike
+from batchlab.tasks.base import TaskInfo
 
 TOPICS = {
     "best": "Best batch size and lr",
     "fastest": "Fastest to the target",
     "critical": "Critical batch size",
     "noise": "Gradient noise scale",
-    "pareto": "Time vs accuracy",
+    "pareto": "Time vs {score}",
     "assumptions": "Assumptions",
 }
-PARETO_HEADERS = (
-    "batch size",
-    "lr (used)",
-    "lr_base",
-    "seeds",
-    "training time (s)",
-    "test acc (mean ± std)",
-)
+
+
+def topic_title(topic: str, task: TaskInfo) -> str:
+    """A topic's heading, naming the task's score ("Time vs accuracy", "Time vs R²")."""
+    return TOPICS[topic].format(score=task.score_label)
+
+
+def pareto_headers(task: TaskInfo) -> tuple[str, ...]:
+    """The Pareto table's columns ("test acc (mean ± std)", "test R² (mean ± std)")."""
+    return (
+        "batch size",
+        "lr (used)",
+        "lr_base",
+        "seeds",
+        "training time (s)",
+        f"test {task.score_short} (mean ± std)",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,11 +88,6 @@ class RecommendationView:
     unavailable: str  # the reason, when there is no recommendation ("" otherwise)
 
 
-def _pct(mean: float, std: float) -> str:
-    s = f"{100 * mean:.2f}%"
-    return s if math.isnan(std) else f"{s} ± {100 * std:.2f}"
-
-
 def recommendation_view(sr: StudyRecommendation, *, heading: str) -> RecommendationView:
     """Plain strings for the page; the sentences are exactly `Recommendation.parts()`."""
     rec = sr.recommendation
@@ -94,7 +99,8 @@ def recommendation_view(sr: StudyRecommendation, *, heading: str) -> Recommendat
             table_rows=(),
             unavailable=f"No recommendation: {sr.reason}",
         )
-    items = tuple((TOPICS[topic], tuple(sentences)) for topic, sentences in rec.parts())
+    task = rec.task
+    items = tuple((topic_title(topic, task), tuple(sents)) for topic, sents in rec.parts())
     rows = tuple(
         (
             str(c.batch_size) + (" (best)" if c == rec.best else ""),
@@ -102,14 +108,14 @@ def recommendation_view(sr: StudyRecommendation, *, heading: str) -> Recommendat
             f"{c.lr_base:g}",
             str(c.seeds),
             f"{c.train_time_s:.3g}",
-            _pct(c.test_acc, c.test_acc_std),
+            task.format_score_mean_std(c.test_acc, c.test_acc_std),
         )
         for c in rec.pareto
     )
     return RecommendationView(
         heading=heading,
         items=items,
-        table_headers=PARETO_HEADERS,
+        table_headers=pareto_headers(task),
         table_rows=rows,
         unavailable="",
     )

@@ -22,7 +22,8 @@ from batchlab.trackers.base import Tracker, TrackerWarning, check_installed
 from batchlab.trial import FrozenTrial, TrialState
 
 if TYPE_CHECKING:
-    from batchlab.study import Reporter, Study
+    from batchlab.prepared import Reporter
+    from batchlab.results import Study
 
 MAX_FAILURES = 3
 

@@ -55,7 +55,7 @@ class Mark:
 class Panel:
     title: str
     y_label: str
-    unit: str
+    unit: str  # "" for a plain number (R²): the axis is then labelled `y_label` alone
     log_y: bool
     series: tuple[Series, ...]
     marks: tuple[Mark, ...] = ()
@@ -118,6 +118,10 @@ def _band(s: Series, panel: Panel) -> tuple[list[float], list[float]] | None:
     return band_edges(s.mean, s.std, log=panel.log_y)
 
 
+def _y_title(panel: Panel) -> str:
+    return f"{panel.y_label} ({panel.unit})" if panel.unit else panel.y_label
+
+
 def _panel_values(panel: Panel) -> list[float]:
     """Every y value a panel draws (means, band edges, marks): what its log ticks must cover."""
     out = [m.value for m in panel.marks]
@@ -166,7 +170,8 @@ def render_panels_plotly(data: PanelsData, palette: Palette) -> Any:
             hover = [
                 f"{label}<br>batch size {b}<br>{panel.y_label}: {_fmt(m)}"
                 + (f" ± {_fmt(d)}" if math.isfinite(d) else "")
-                + f" {panel.unit}<br>{k} seed{'s' if k != 1 else ''}"
+                + (f" {panel.unit}" if panel.unit else "")
+                + f"<br>{k} seed{'s' if k != 1 else ''}"
                 for b, m, d, k in zip(s.batch_sizes, s.mean, s.std, s.n, strict=True)
             ]
             fig.add_scatter(
@@ -233,7 +238,7 @@ def render_panels_plotly(data: PanelsData, palette: Palette) -> Any:
             )
         plotly_bs_axis(fig, data.batch_sizes, row=1, col=col)
         fig.update_yaxes(
-            title_text=f"{panel.y_label} ({panel.unit})",
+            title_text=_y_title(panel),
             **(plotly_log_axis(_panel_values(panel)) if panel.log_y else {"type": "linear"}),
             row=1,
             col=col,
@@ -307,7 +312,7 @@ def render_panels_matplotlib(data: PanelsData, palette: Palette) -> MplFigure:
             mpl_log(ax.yaxis)
         mpl_bs_axis(ax, data.batch_sizes)
         ax.set_title(mpl_text(panel.title))
-        ax.set_ylabel(f"{panel.y_label} ({panel.unit})")
+        ax.set_ylabel(_y_title(panel))
     handles, labels = axes[0].get_legend_handles_labels()
     extra = []
     if any(p.marks for p in data.panels):

@@ -50,7 +50,8 @@ def is_run(t: FrozenTrial) -> bool:
 
 
 def heldout_acc(t: FrozenTrial) -> float:
-    """Final test accuracy (fraction); validation accuracy when no test was recorded."""
+    """Final test score (as stored: accuracy a fraction, R² plain); validation score when no
+    test was recorded."""
     last = t.evals[-1]
     return last.test_acc if math.isfinite(last.test_acc) else last.val_acc
 

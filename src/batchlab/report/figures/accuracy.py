@@ -1,10 +1,14 @@
-"""Figure 1: final test accuracy and test error against batch size, one line per lr_base."""
+"""Figure 1: final test score and test error (or loss) against batch size, one line per lr_base.
+
+The score is the task's (accuracy, R², token accuracy). A score that is a fraction is shown in %
+next to its error (100 − score); an unbounded one (R²) next to the test loss instead.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from batchlab.report._types import StudyLike
+from batchlab.report._types import StudyLike, task_of
 from batchlab.report.figure import Figure
 from batchlab.report.figures._panels import (
     Mark,
@@ -17,29 +21,68 @@ from batchlab.report.figures._panels import (
     series_from_cells,
 )
 from batchlab.report.stats import BAND, batch_sizes, cells
+from batchlab.tasks.base import TaskInfo
 
 
-def _best(series: Sequence[Series]) -> tuple[Mark, ...]:
+def _best(series: Sequence[Series], task: TaskInfo) -> tuple[Mark, ...]:
     out = []
     for s in series:
         i = max(range(len(s.mean)), key=lambda j: s.mean[j])
+        score = task.format_score(s.mean[i], space=True, scaled=True)
         out.append(
             Mark(
                 key=s.key,
                 batch_size=s.batch_sizes[i],
                 value=s.mean[i],
-                text=f"best at batch size {s.batch_sizes[i]}: {s.mean[i]:.2f} %",
+                text=f"best at batch size {s.batch_sizes[i]}: {score}",
             )
         )
     return tuple(out)
 
 
+def _wide_log(series: Sequence[Series]) -> bool:
+    """Log scale only where values span a factor of 4 or more (and none is 0 or below): then it
+    shows the relative change; over a narrow range it only hides the tick labels."""
+    values = [m for s in series for m in s.mean]
+    return min(values) > 0 and max(values) / min(values) >= 4
+
+
 def extract_accuracy(studies: Sequence[StudyLike]) -> PanelsData | None:
-    """Mean (± std over seeds) final test accuracy and error, in %, of COMPLETE trials."""
+    """Mean (± std over seeds) final test score of COMPLETE trials (in % for a fraction), and
+    its error (100 − score) or, for a score that is not a fraction, the test loss."""
+    task = task_of(studies)
     cs = cells(studies)
-    acc = series_from_cells(cs, lambda c: c.test_acc, scale=100.0)
+    acc = series_from_cells(cs, lambda c: c.test_acc, scale=task.score_scale)
     if not acc:
         return None
+    best_acc = _best(acc, task)
+    diverged = diverged_marks(cs)
+    score = Panel(
+        title=f"Final test {task.score_label}",
+        y_label=f"test {task.score_label}",
+        unit=task.score_unit,
+        log_y=False,
+        series=acc,
+        marks=best_acc,
+        diverged=diverged,
+    )
+    if not task.score_is_fraction:
+        loss = series_from_cells(cs, lambda c: c.test_loss)
+        loss_log = bool(loss) and _wide_log(loss)
+        return PanelsData(
+            batch_sizes=tuple(batch_sizes(studies)),
+            panels=(
+                score,
+                Panel(
+                    title="Final test loss" + (" (log scale)" if loss_log else ""),
+                    y_label="test loss",
+                    unit=task.loss_unit,
+                    log_y=loss_log,
+                    series=loss,
+                    diverged=diverged,
+                ),
+            ),
+        )
     err = tuple(
         Series(
             key=s.key,
@@ -50,28 +93,15 @@ def extract_accuracy(studies: Sequence[StudyLike]) -> PanelsData | None:
         )
         for s in acc
     )
-    best_acc = _best(acc)
     best_err = tuple(
         Mark(key=m.key, batch_size=m.batch_size, value=100.0 - m.value, text=m.text)
         for m in best_acc
     )
-    diverged = diverged_marks(cs)
-    # Log scale only where errors span a factor of 4 or more (and none is 0): then it shows the
-    # relative change; over a narrow range it only hides the tick labels.
-    errs = [m for s in err for m in s.mean]
-    err_log = min(errs) > 0 and max(errs) / min(errs) >= 4
+    err_log = _wide_log(err)
     return PanelsData(
         batch_sizes=tuple(batch_sizes(studies)),
         panels=(
-            Panel(
-                title="Final test accuracy",
-                y_label="test accuracy",
-                unit="%",
-                log_y=False,
-                series=acc,
-                marks=best_acc,
-                diverged=diverged,
-            ),
+            score,
             Panel(
                 title="Final test error" + (" (log scale)" if err_log else ""),
                 y_label="test error",
@@ -85,15 +115,29 @@ def extract_accuracy(studies: Sequence[StudyLike]) -> PanelsData | None:
     )
 
 
-FIGURE = Figure[PanelsData](
-    name="accuracy",
-    title="Test accuracy and error vs batch size",
-    description=(
-        "Final test accuracy and test error (100 − accuracy) of the COMPLETE trials, one line per"
+def figure_text(task: TaskInfo) -> tuple[str, str]:
+    """The figure's title and caption for `task`."""
+    s = task.score_label
+    if task.score_is_fraction:
+        title = f"Test {s} and error vs batch size"
+        what = f"Final test {s} and test error (100 − {s})"
+    else:
+        title = f"Test {s} and loss vs batch size"
+        what = f"Final test {s} and test loss ({task.loss_unit})"
+    return title, (
+        f"{what} of the COMPLETE trials, one line per"
         f" base learning rate. Band: {BAND}. The star marks each line's best batch size;"
         " red crosses along the bottom mark batch sizes where trials diverged."
-    ),
+    )
+
+
+_TITLE, _DESCRIPTION = figure_text(TaskInfo())  # classification's, the default
+FIGURE = Figure[PanelsData](
+    name="accuracy",
+    title=_TITLE,
+    description=_DESCRIPTION,
     extract=extract_accuracy,
     render_plotly=render_panels_plotly,
     render_matplotlib=render_panels_matplotlib,
+    text=figure_text,
 )

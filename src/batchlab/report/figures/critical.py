@@ -2,8 +2,8 @@
 training time to that target against batch size (McCandlish et al. 2018).
 
 The target is the default of `batchlab.analysis.critical.default_target`: 0.98 of the best
-validation accuracy (test accuracy when there is no validation split). One line per (study,
-variant); a line whose fit fails is left out and named in a panel note.
+validation score (the task's accuracy, R², ...; the test score when there is no validation split).
+One line per (study, variant); a line whose fit fails is left out and named in a panel note.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from batchlab.report.figures._lines import (
     render_lines_matplotlib,
     render_lines_plotly,
 )
+from batchlab.tasks.base import TaskInfo
 
 CURVE_POINTS = 60
 
@@ -118,19 +119,27 @@ def extract_critical(studies: Sequence[StudyLike]) -> LinesData | None:
     )
 
 
-FIGURE = Figure[LinesData](
-    name="critical-batch",
-    title="Critical batch size: steps vs samples to a target",
-    description=(
+def figure_text(task: TaskInfo) -> tuple[str, str]:
+    """The figure's title and caption for `task`."""
+    s = task.score_label
+    return "Critical batch size: steps vs samples to a target", (
         "Left: steps S against samples E (both log scale) needed to first reach 0.98 of the best"
-        " validation accuracy (test accuracy without a validation split), interpolated between"
+        f" validation {s} (test {s} without a validation split), interpolated between"
         " evaluations; each point is a batch size at the lr reaching the target in the fewest"
         " steps, mean over seeds (an lr counts only when every seed reaches it). Dashed: the fit"
         " S(B) = S_min + E_min / B, i.e. (S/S_min - 1)(E/E_min - 1) = 1 (McCandlish et al. 2018),"
         " with B_crit = E_min / S_min in the legend. Right: training time to the target"
         " (seconds, evaluation excluded) against batch size; band: ± 1 sample std over seeds."
-    ),
+    )
+
+
+_TITLE, _DESCRIPTION = figure_text(TaskInfo())  # classification's, the default
+FIGURE = Figure[LinesData](
+    name="critical-batch",
+    title=_TITLE,
+    description=_DESCRIPTION,
     extract=extract_critical,
     render_plotly=render_lines_plotly,
     render_matplotlib=render_lines_matplotlib,
+    text=figure_text,
 )

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure as MplFigure
 from matplotlib.lines import Line2D
 from plotly.subplots import make_subplots
 
-from batchlab.report._types import StudyLike
+from batchlab.report._types import StudyLike, task_of
 from batchlab.report.figure import Figure
 from batchlab.report.figures._style import (
     log_ticks,
@@ -29,6 +29,7 @@ from batchlab.report.figures._style import (
 )
 from batchlab.report.palette import Palette, mpl_text, plotly_text
 from batchlab.report.stats import cells
+from batchlab.tasks.base import TaskInfo
 from batchlab.trial import EvalRecord, FrozenTrial, TrialState
 
 # (field, axis title, log scale?, button label)
@@ -43,7 +44,7 @@ PANELS = ("train_loss", "heldout_loss", "train_acc", "heldout_acc")
 
 @dataclass(frozen=True, kw_only=True)
 class Curve:
-    """Seed-averaged evaluations of one batch size (accuracies in %)."""
+    """Seed-averaged evaluations of one batch size (scores in display units: % or plain)."""
 
     study: str
     lr_base: float
@@ -68,6 +69,7 @@ class CurvesData:
     curves: tuple[Curve, ...]
     heldout: str
     best_lr_note: str
+    task: TaskInfo  # names the loss and the score on the axes
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -82,7 +84,9 @@ def _train(e: EvalRecord, acc: bool) -> float:
     return e.full_train_acc if acc else e.full_train_loss  # step 0 has only the full pass
 
 
-def _average(trials: Sequence[FrozenTrial], heldout: str) -> dict[str, tuple[float, ...]]:
+def _average(
+    trials: Sequence[FrozenTrial], heldout: str, scale: float
+) -> dict[str, tuple[float, ...]]:
     n = min(len(t.evals) for t in trials)
 
     def col(get: Callable[[EvalRecord], float]) -> tuple[float, ...]:
@@ -95,8 +99,8 @@ def _average(trials: Sequence[FrozenTrial], heldout: str) -> dict[str, tuple[flo
         "time_s": col(lambda e: e.train_time_s),
         "train_loss": col(lambda e: _train(e, False)),
         "heldout_loss": col(lambda e: getattr(e, f"{heldout}_loss")),
-        "train_acc": col(lambda e: 100.0 * _train(e, True)),
-        "heldout_acc": col(lambda e: 100.0 * getattr(e, f"{heldout}_acc")),
+        "train_acc": col(lambda e: scale * _train(e, True)),
+        "heldout_acc": col(lambda e: scale * getattr(e, f"{heldout}_acc")),
     }
 
 
@@ -105,6 +109,7 @@ def extract_curves(studies: Sequence[StudyLike]) -> CurvesData | None:
     done = [t for s in studies for t in s.trials if t.state is TrialState.COMPLETE and t.evals]
     if not done:
         return None
+    task = task_of(studies)
     has_test = any(math.isfinite(e.test_acc) for t in done for e in t.evals)
     heldout = "test" if has_test else "val"
     best: dict[tuple[str, int], float] = {}
@@ -127,19 +132,19 @@ def extract_curves(studies: Sequence[StudyLike]) -> CurvesData | None:
             ]
             if not trials:
                 continue
-            avg = _average(trials, heldout)
+            avg = _average(trials, heldout, task.score_scale)
             curves.append(
                 Curve(study=study.name, lr_base=lr_base, batch_size=b, n_seeds=len(trials), **avg)
             )
     if not curves:
         return None
     note = "each batch size at its best lr_base" if multi_lr else ""
-    return CurvesData(curves=tuple(curves), heldout=heldout, best_lr_note=note)
+    return CurvesData(curves=tuple(curves), heldout=heldout, best_lr_note=note, task=task)
 
 
 def _titles(data: CurvesData) -> list[str]:
-    h = data.heldout
-    return ["train loss", f"{h} loss", "train accuracy", f"{h} accuracy"]
+    h, s = data.heldout, data.task.score_label
+    return ["train loss", f"{h} loss", f"train {s}", f"{h} {s}"]
 
 
 def _curve_label(c: Curve, palette: Palette, data: CurvesData) -> str:
@@ -160,10 +165,11 @@ def log_x(values: Sequence[float]) -> list[float | None]:
 def render_curves_plotly(data: CurvesData, palette: Palette) -> Any:
     fig = make_subplots(rows=2, cols=2, subplot_titles=_titles(data), vertical_spacing=0.16)
     first_x = X_AXES[0][0]
+    score_unit = f" {data.task.score_unit}" if data.task.score_unit else ""
     for c in data.curves:
         label = plotly_text(_curve_label(c, palette, data))
         for j, panel in enumerate(PANELS):
-            unit = "" if panel.endswith("loss") else " %"
+            unit = "" if panel.endswith("loss") else score_unit
             fig.add_scatter(
                 x=list(c.values(first_x)),
                 y=list(c.values(panel)),
@@ -215,9 +221,9 @@ def render_curves_plotly(data: CurvesData, palette: Palette) -> Any:
     fig.update_xaxes(title_text=X_AXES[0][1])
     losses = [v for c in data.curves for p in PANELS[:2] for v in c.values(p)]
     fig.update_yaxes(
-        title_text="loss (cross-entropy, nats, log scale)", **plotly_log_axis(losses), row=1
+        title_text=f"loss ({data.task.loss_unit}, log scale)", **plotly_log_axis(losses), row=1
     )
-    fig.update_yaxes(title_text="accuracy (%)", row=2)
+    fig.update_yaxes(title_text=data.task.score_axis(""), row=2)
     plotly_layout(fig, height=760)
     fig.update_layout(margin={"t": 110})
     return fig
@@ -250,9 +256,9 @@ def render_curves_matplotlib(data: CurvesData, palette: Palette) -> MplFigure:
             if panel.endswith("loss"):
                 ax.set_yscale("log")
                 mpl_log(ax.yaxis)
-                ax.set_ylabel("loss (nats, log scale)")
+                ax.set_ylabel(f"loss ({data.task.loss_short_unit}, log scale)")
             else:
-                ax.set_ylabel("accuracy (%)")
+                ax.set_ylabel(data.task.score_axis(""))
             ax.set_xlabel(xtitle)
             ax.set_title(f"{titles[j]} {button}")
     handles = [
@@ -270,18 +276,26 @@ def render_curves_matplotlib(data: CurvesData, palette: Palette) -> MplFigure:
     return fig
 
 
-FIGURE = Figure[CurvesData](
-    name="curves",
-    title="Training curves per batch size",
-    description=(
-        "Train and held-out loss and accuracy at every evaluation, one colour per batch size,"
+def figure_text(task: TaskInfo) -> tuple[str, str]:
+    """The figure's title and caption for `task`."""
+    return "Training curves per batch size", (
+        f"Train and held-out loss and {task.score_label} at every evaluation, one colour per"
+        " batch size,"
         " averaged over seeds evaluation by evaluation (COMPLETE trials). Switch the x axis between"
         " epochs (equal data), updates (equal optimizer steps), samples and training wall time:"
         " with an epoch budget, large batches stop early on the update axis. Train numbers are the"
         " running mean since the previous evaluation (a full pass at step 0). With several"
         " learning rates each batch size is shown at its best lr_base."
-    ),
+    )
+
+
+_TITLE, _DESCRIPTION = figure_text(TaskInfo())  # classification's, the default
+FIGURE = Figure[CurvesData](
+    name="curves",
+    title=_TITLE,
+    description=_DESCRIPTION,
     extract=extract_curves,
     render_plotly=render_curves_plotly,
     render_matplotlib=render_curves_matplotlib,
+    text=figure_text,
 )

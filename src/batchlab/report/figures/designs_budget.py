@@ -1,15 +1,15 @@
 """Designs: equal-epoch runs next to control runs given equal updates (seed 000/001 issue).
 
 With an epoch budget a batch k times larger makes k times fewer updates. Control runs give every
-larger batch size as many updates as the smallest one got, so an accuracy drop that the controls
-do not show came from missing updates, not from the batch size.
+larger batch size as many updates as the smallest one got, so a score drop (accuracy, R², ...)
+that the controls do not show came from missing updates, not from the batch size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from batchlab.report._types import StudyLike
+from batchlab.report._types import StudyLike, task_of
 from batchlab.report.figure import Figure
 from batchlab.report.figures._lines import (
     Line,
@@ -26,6 +26,7 @@ from batchlab.report.figures._runs import (
     sweep_runs,
 )
 from batchlab.report.figures._runs import std as sample_std
+from batchlab.tasks.base import TaskInfo
 from batchlab.trial import FrozenTrial
 
 
@@ -35,10 +36,12 @@ def _budget_name(trials: Sequence[FrozenTrial]) -> str:
 
 
 def _line(
-    label: str, groups: dict[int, list[FrozenTrial]], value: str, color: int, dash: int
+    label: str,
+    groups: dict[int, list[FrozenTrial]],
+    get: Callable[[FrozenTrial], float],
+    color: int,
+    dash: int,
 ) -> Line:
-    def get(t: FrozenTrial) -> float:
-        return 100.0 * heldout_acc(t) if value == "acc" else float(t.evals[-1].step)
 
     sizes = sorted(groups)
     return Line(
@@ -52,10 +55,18 @@ def _line(
 
 
 def extract_budget(studies: Sequence[StudyLike]) -> LinesData | None:
-    """Per (study, variant, lr_base) with control runs: final accuracy and updates of the sweep
+    """Per (study, variant, lr_base) with control runs: final score and updates of the sweep
     and of the controls (whose line starts at the smallest batch size's sweep runs, the updates
     they match). Mean ± std over seeds. None when no study has a COMPLETE control run.
     """
+    task = task_of(studies)
+
+    def score(t: FrozenTrial) -> float:
+        return task.score_scale * heldout_acc(t)
+
+    def steps(t: FrozenTrial) -> float:
+        return float(t.evals[-1].step)
+
     acc_lines: list[Line] = []
     step_lines: list[Line] = []
     sizes: set[int] = set()
@@ -87,17 +98,17 @@ def extract_budget(studies: Sequence[StudyLike]) -> LinesData | None:
                 if not groups:
                     continue
                 sizes |= set(groups)
-                acc_lines.append(_line(prefix + name, groups, "acc", color, dash))
-                step_lines.append(_line(prefix + name, groups, "steps", color, dash))
+                acc_lines.append(_line(prefix + name, groups, score, color, dash))
+                step_lines.append(_line(prefix + name, groups, steps, color, dash))
     if not acc_lines:
         return None
     return LinesData(
         batch_sizes=tuple(sorted(sizes)),
         panels=(
             LinePanel(
-                title="Final test accuracy",
+                title=f"Final test {task.score_label}",
                 x_label="batch size",
-                y_label="test accuracy (%)",
+                y_label=task.score_axis("test"),
                 x_kind="batch",
                 log_y=False,
                 lines=tuple(acc_lines),
@@ -115,19 +126,28 @@ def extract_budget(studies: Sequence[StudyLike]) -> LinesData | None:
     )
 
 
-FIGURE = Figure[LinesData](
-    name="budget",
-    title="Equal epochs vs equal updates (control runs)",
-    description=(
+def figure_text(task: TaskInfo) -> tuple[str, str]:
+    """The figure's title and caption for `task`."""
+    unit = f"{task.score_unit}; " if task.score_unit else ""
+    return "Equal epochs vs equal updates (control runs)", (
         "Solid: the sweep, every batch size given the same budget (epochs or samples), so larger"
         " batches make fewer updates. Dashed: control runs, every larger batch size given as many"
         " updates as the smallest batch size got (the dashed line starts at the smallest batch"
-        " size's own runs, whose update count the controls match). Left: final test accuracy (%;"
-        " validation when no test was recorded); right: the updates each made. Where the solid"
-        " line drops and the dashed one does not, the drop came from fewer updates, not from the"
-        " batch size. Mean over seeds; band: ± 1 sample std over seeds; COMPLETE trials only."
-    ),
+        " size's own runs, whose update count the controls match). Left: final test"
+        f" {task.score_label} ({unit}validation when no test was recorded); right: the updates"
+        " each made. Where the solid line drops and the dashed one does not, the drop came from"
+        " fewer updates, not from the batch size. Mean over seeds; band: ± 1 sample std over"
+        " seeds; COMPLETE trials only."
+    )
+
+
+_TITLE, _DESCRIPTION = figure_text(TaskInfo())  # classification's, the default
+FIGURE = Figure[LinesData](
+    name="budget",
+    title=_TITLE,
+    description=_DESCRIPTION,
     extract=extract_budget,
     render_plotly=render_lines_plotly,
     render_matplotlib=render_lines_matplotlib,
+    text=figure_text,
 )

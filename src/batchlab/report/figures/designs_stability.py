@@ -1,9 +1,10 @@
 """Designs: the lr × batch-size stability grid with its usable band (Masters & Luschi 2018).
 
 Each (variant, batch size, lr_base) cell is converged, unstable, diverged or failed under the
-rule of `batchlab.analysis.grid` (worst status over seeds); converged cells are coloured by test
-accuracy, the usable band at each batch size (the lrs from the lowest to the highest converged
-one) is outlined, and the best lr (highest validation accuracy) is starred.
+rule of `batchlab.analysis.grid` (worst status over seeds); converged cells are coloured by the
+test score (the task's: accuracy, R², ...), the usable band at each batch size (the lrs from the
+lowest to the highest converged one) is outlined, and the best lr (highest validation score) is
+starred.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from matplotlib.patches import Rectangle
 from plotly.subplots import make_subplots
 
 from batchlab.analysis import grid
-from batchlab.report._types import StudyLike
+from batchlab.report._types import StudyLike, task_of
 from batchlab.report.figure import Figure
 from batchlab.report.figures._lines import legend_columns
 from batchlab.report.figures._style import plotly_layout
 from batchlab.report.palette import DIVERGED_COLOR, Palette, mpl_text, plotly_text
+from batchlab.tasks.base import TaskInfo
 
 UNSTABLE_COLOR = "#ff7f0e"
 FAILED_COLOR = "#7f7f7f"
@@ -47,7 +49,7 @@ class StabilityGrid:
     lr_bases: tuple[float, ...]
     batch_sizes: tuple[int, ...]
     status: tuple[tuple[str, ...], ...]  # grid status, "" where the cell has no trial
-    acc: tuple[tuple[float, ...], ...]  # mean final test accuracy (%), NaN unless converged
+    acc: tuple[tuple[float, ...], ...]  # mean final test score (% or plain), NaN unless converged
     band_lo: tuple[float | None, ...]  # per batch size: lowest converged lr_base
     band_hi: tuple[float | None, ...]
     best_lr: tuple[float | None, ...]
@@ -61,10 +63,18 @@ class StabilityGrid:
 class StabilityData:
     grids: tuple[StabilityGrid, ...]
     multi_study: bool
+    task: TaskInfo  # names and formats the score
+
+    @property
+    def best_label(self) -> str:
+        """The best-lr star's legend: "best lr (val. acc.)", "best lr (val. R²)"."""
+        short = self.task.score_short
+        return f"best lr (val. {short}{'.' if short != self.task.score_label else ''})"
 
 
 def extract_stability(studies: Sequence[StudyLike]) -> StabilityData | None:
     """A grid per (study, variant) that tried at least two lr_base; None when none did."""
+    task = task_of(studies)
     out = []
     for study in studies:
         cells = grid.cells(study.trials)
@@ -79,7 +89,7 @@ def extract_stability(studies: Sequence[StudyLike]) -> StabilityData | None:
             for lr in lrs:
                 row = [mine.get((lr, b)) for b in sizes]
                 status.append(tuple(c.status if c else "" for c in row))
-                acc.append(tuple(100.0 * c.test_acc if c else math.nan for c in row))
+                acc.append(tuple(task.score_scale * c.test_acc if c else math.nan for c in row))
             out.append(
                 StabilityGrid(
                     study=study.name,
@@ -93,7 +103,9 @@ def extract_stability(studies: Sequence[StudyLike]) -> StabilityData | None:
                     best_lr=tuple(bands[b].best_lr for b in sizes),
                 )
             )
-    return StabilityData(grids=tuple(out), multi_study=len(studies) > 1) if out else None
+    if not out:
+        return None
+    return StabilityData(grids=tuple(out), multi_study=len(studies) > 1, task=task)
 
 
 def _range(data: StabilityData) -> tuple[float, float]:
@@ -117,6 +129,9 @@ def render_stability_plotly(data: StabilityData, palette: Palette) -> Any:
         rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.08, vertical_spacing=0.18
     )
     zmin, zmax = _range(data)
+    task = data.task
+    unit = f" {task.score_unit}" if task.score_unit else ""
+    hover = f"converged, test {task.score_short} %{{z:{task.score_format}}}{unit}"
     shown: set[str] = set()
     for i, g in enumerate(data.grids):
         row, col = i // cols + 1, i % cols + 1
@@ -126,15 +141,17 @@ def render_stability_plotly(data: StabilityData, palette: Palette) -> Any:
             x=xs,
             y=ys,
             z=[[v if math.isfinite(v) else None for v in r] for r in g.acc],
-            text=[[f"{v:.1f}" if math.isfinite(v) else "" for v in r] for r in g.acc],
+            text=[
+                [format(v, task.score_cell_format) if math.isfinite(v) else "" for v in r]
+                for r in g.acc
+            ],
             texttemplate="%{text}",
             colorscale="Blues",
             zmin=zmin,
             zmax=zmax,
             showscale=i == 0,
-            colorbar={"title": {"text": "test acc (%)"}},
-            hovertemplate="batch size %{x}<br>lr_base %{y}<br>converged, test acc %{z:.2f} %"
-            "<extra></extra>",
+            colorbar={"title": {"text": task.score_axis("test", short=True)}},
+            hovertemplate=f"batch size %{{x}}<br>lr_base %{{y}}<br>{hover}<extra></extra>",
             xgap=2,
             ygap=2,
             row=row,
@@ -177,7 +194,7 @@ def render_stability_plotly(data: StabilityData, palette: Palette) -> Any:
                     y=[p[1] for p in best],
                     mode="markers",
                     marker={"symbol": "star", "size": 11, "color": "#ffd400", "line": {"width": 1}},
-                    name="best lr (val. acc.)",
+                    name=data.best_label,
                     legendgroup="best",
                     showlegend="best" not in shown,
                     hovertemplate="batch size %{x}: best lr_base %{y}<extra></extra>",
@@ -238,7 +255,8 @@ def render_stability_matplotlib(data: StabilityData, palette: Palette) -> MplFig
                 v, status = g.acc[k][j], g.status[k][j]
                 if math.isfinite(v):
                     color = "white" if v > mid else "#222"
-                    ax.text(j, k, f"{v:.1f}", ha="center", va="center", fontsize=8, color=color)
+                    text = format(v, data.task.score_cell_format)
+                    ax.text(j, k, text, ha="center", va="center", fontsize=8, color=color)
                 if status in MARKS:
                     _, _, marker, mcolor = MARKS[status]
                     face = "none" if status == "failed" else mcolor
@@ -268,7 +286,8 @@ def render_stability_matplotlib(data: StabilityData, palette: Palette) -> MplFig
     for ax in axes[n:]:
         ax.set_visible(False)
     if image is not None:
-        fig.colorbar(image, ax=list(axes[:n]), label="final test accuracy (%), converged cells")
+        label = f"{data.task.score_axis('final test')}, converged cells"
+        fig.colorbar(image, ax=list(axes[:n]), label=label)
     handles: list[Artist] = [
         Line2D([], [], ls="", marker=m, ms=9, mew=2, color=c, mfc=c if s != "failed" else "none")
         for s, (_, _, m, c) in MARKS.items()
@@ -278,26 +297,35 @@ def render_stability_matplotlib(data: StabilityData, palette: Palette) -> MplFig
         Rectangle((0, 0), 1, 1, fill=False, edgecolor=BAND_COLOR, lw=2),
         Line2D([], [], ls="", marker="*", ms=12, color="#ffd400", mec="#1a1a1a"),
     ]
-    labels += ["usable band", "best lr (val. acc.)"]
+    labels += ["usable band", data.best_label]
     ncol = legend_columns(labels, width_in=size[0])
     fig.legend(handles, labels, loc="outside lower center", ncol=ncol, frameon=False)
     return fig
 
 
-FIGURE = Figure[StabilityData](
-    name="stability",
-    title="Stability over learning rate × batch size, with the usable band",
-    description=(
+def figure_text(task: TaskInfo) -> tuple[str, str]:
+    """The figure's title and caption for `task`."""
+    s = task.score_label
+    unit = f", {task.score_unit}" if task.score_unit else ""
+    return "Stability over learning rate × batch size, with the usable band", (
         "Each (variant, batch size, lr_base) cell takes the worst status over its seeds:"
         " diverged (a non-finite loss, red cross), failed (an error, grey square), unstable (the"
         " final full-training-set loss is not below the initial one, orange triangle) or"
-        " converged (coloured by the mean final test accuracy, %). The black outline at each"
+        f" converged (coloured by the mean final test {s}{unit}). The black outline at each"
         " batch size spans the usable band, from the lowest to the highest converged lr_base; the"
-        " star marks the converged lr_base with the best mean validation accuracy (test accuracy"
+        f" star marks the converged lr_base with the best mean validation {s} (test {s}"
         " is shown, not used to choose). Control runs are left out. One panel per variant that"
         " tried at least two learning rates (Masters & Luschi 2018)."
-    ),
+    )
+
+
+_TITLE, _DESCRIPTION = figure_text(TaskInfo())  # classification's, the default
+FIGURE = Figure[StabilityData](
+    name="stability",
+    title=_TITLE,
+    description=_DESCRIPTION,
     extract=extract_stability,
     render_plotly=render_stability_plotly,
     render_matplotlib=render_stability_matplotlib,
+    text=figure_text,
 )

@@ -1,6 +1,6 @@
 """Designs: variants of one study overlaid (optimizers, accumulation vs true batch, ghost BN).
 
-One line per variant against batch size, coloured by variant: final test accuracy, training
+One line per variant against batch size, coloured by variant: final test score, training
 time and peak memory, so the cost of a variant sits next to what it buys.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from batchlab.report._types import StudyLike
+from batchlab.report._types import StudyLike, task_of
 from batchlab.report.figure import Figure
 from batchlab.report.figures._lines import (
     LinePanel,
@@ -25,6 +25,7 @@ from batchlab.report.figures._runs import (
     sweep_runs,
     variant,
 )
+from batchlab.tasks.base import TaskInfo
 from batchlab.trial import FrozenTrial
 
 MIB = 2.0**20
@@ -41,8 +42,8 @@ def _peak_mem(t: FrozenTrial) -> float:
 
 def extract_variants(studies: Sequence[StudyLike]) -> LinesData | None:
     """Per (study, variant), each batch size at its best lr_base: mean ± std over seeds of the
-    final test accuracy (%), training time (s) and peak memory (MiB). Only studies whose
-    COMPLETE sweep runs have at least two variants; None when none has.
+    final test score (% for a fraction), training time (s) and peak memory (MiB). Only studies
+    whose COMPLETE sweep runs have at least two variants; None when none has.
     """
     runs = [
         t
@@ -52,9 +53,10 @@ def extract_variants(studies: Sequence[StudyLike]) -> LinesData | None:
     ]
     if not runs:
         return None
+    task = task_of(studies)
     best = best_runs(runs)
     multi = len(studies) > 1
-    acc = lines_vs_batch(best, heldout_acc, multi_study=multi, scale=100.0)
+    acc = lines_vs_batch(best, heldout_acc, multi_study=multi, scale=task.score_scale)
     time = lines_vs_batch(best, _time, multi_study=multi)
     mem = lines_vs_batch(best, _peak_mem, multi_study=multi, scale=1.0 / MIB)
     log_time = wide_log([y for line in time for y in line.y])
@@ -62,9 +64,9 @@ def extract_variants(studies: Sequence[StudyLike]) -> LinesData | None:
         batch_sizes=tuple(sorted({b for _, b in best})),
         panels=(
             LinePanel(
-                title="Final test accuracy",
+                title=f"Final test {task.score_label}",
                 x_label="batch size",
-                y_label="test accuracy (%)",
+                y_label=task.score_axis("test"),
                 x_kind="batch",
                 log_y=False,
                 lines=acc,
@@ -90,18 +92,27 @@ def extract_variants(studies: Sequence[StudyLike]) -> LinesData | None:
     )
 
 
-FIGURE = Figure[LinesData](
-    name="variants",
-    title="Variants side by side vs batch size",
-    description=(
+def figure_text(task: TaskInfo) -> tuple[str, str]:
+    """The figure's title and caption for `task`."""
+    unit = f"{task.score_unit}; " if task.score_unit else ""
+    return "Variants side by side vs batch size", (
         "One line per variant of the study (colour and dash by variant; markers in the batch-size"
-        " colour): final test accuracy (%; validation when no test was recorded), cumulative"
+        f" colour): final test {task.score_label} ({unit}validation when no test was recorded),"
+        " cumulative"
         " training wall time (s, evaluation excluded) and peak memory (MiB; on CPU the process's"
         " peak resident set, an upper bound). Mean over seeds; band: ± 1 sample std over seeds."
         " COMPLETE trials of the sweep (no controls); with several learning rates each batch size"
         " at its best lr_base. Shown when a study has at least two variants."
-    ),
+    )
+
+
+_TITLE, _DESCRIPTION = figure_text(TaskInfo())  # classification's, the default
+FIGURE = Figure[LinesData](
+    name="variants",
+    title=_TITLE,
+    description=_DESCRIPTION,
     extract=extract_variants,
     render_plotly=render_lines_plotly,
     render_matplotlib=render_lines_matplotlib,
+    text=figure_text,
 )

@@ -1,4 +1,4 @@
-"""Figure 6: test accuracy over base learning rate × batch size, with diverged cells marked."""
+"""Figure 6: test score over base learning rate × batch size, with diverged cells marked."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import plotly.graph_objects as go
 from matplotlib.figure import Figure as MplFigure
 from plotly.subplots import make_subplots
 
-from batchlab.report._types import StudyLike
+from batchlab.report._types import StudyLike, task_of
 from batchlab.report.figure import Figure
 from batchlab.report.figures._style import plotly_layout
 from batchlab.report.palette import DIVERGED_COLOR, Palette, mpl_text, plotly_text
 from batchlab.report.stats import cells
+from batchlab.tasks.base import TaskInfo
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,7 +26,7 @@ class Grid:
     study: str
     lr_bases: tuple[float, ...]
     batch_sizes: tuple[int, ...]
-    acc: tuple[tuple[float, ...], ...]  # mean final test accuracy in %, NaN: nothing COMPLETE
+    acc: tuple[tuple[float, ...], ...]  # mean final test score (display units), NaN: none done
     diverged: tuple[tuple[int, ...], ...]
     trials: tuple[tuple[int, ...], ...]
 
@@ -33,10 +34,12 @@ class Grid:
 @dataclass(frozen=True, kw_only=True)
 class HeatmapData:
     grids: tuple[Grid, ...]
+    task: TaskInfo  # names and formats the score
 
 
 def extract_heatmap(studies: Sequence[StudyLike]) -> HeatmapData | None:
     """A grid per study that tried more than one lr_base; None when none did."""
+    task = task_of(studies)
     cs = cells(studies)
     grids = []
     for study in studies:
@@ -48,7 +51,7 @@ def extract_heatmap(studies: Sequence[StudyLike]) -> HeatmapData | None:
         acc, div, n = [], [], []
         for lr in lrs:
             row = [mine.get((lr, b)) for b in sizes]
-            acc.append(tuple(100.0 * c.test_acc.mean if c else math.nan for c in row))
+            acc.append(tuple(task.score_scale * c.test_acc.mean if c else math.nan for c in row))
             div.append(tuple(c.n_diverged if c else 0 for c in row))
             n.append(tuple(c.n_trials if c else 0 for c in row))
         grids.append(
@@ -61,7 +64,7 @@ def extract_heatmap(studies: Sequence[StudyLike]) -> HeatmapData | None:
                 trials=tuple(n),
             )
         )
-    return HeatmapData(grids=tuple(grids)) if grids else None
+    return HeatmapData(grids=tuple(grids), task=task) if grids else None
 
 
 def _range(data: HeatmapData) -> tuple[float, float]:
@@ -74,11 +77,15 @@ def render_heatmap_plotly(data: HeatmapData, palette: Palette) -> Any:
     titles = [plotly_text(g.study) for g in data.grids] if n > 1 else [""]
     fig = make_subplots(rows=1, cols=n, subplot_titles=titles, horizontal_spacing=0.08)
     zmin, zmax = _range(data)
+    task = data.task
+    unit = f" {task.score_unit}" if task.score_unit else ""
+    score = f"test {task.score_short} %{{z:{task.score_format}}}{unit}"
     for col, g in enumerate(data.grids, start=1):
         xs = [str(b) for b in g.batch_sizes]
         ys = [f"{lr:g}" for lr in g.lr_bases]
         z = [[v if math.isfinite(v) else None for v in row] for row in g.acc]
-        text = [[f"{v:.1f}" if math.isfinite(v) else "" for v in row] for row in g.acc]
+        cell = task.score_cell_format
+        text = [[format(v, cell) if math.isfinite(v) else "" for v in row] for row in g.acc]
         fig.add_heatmap(
             x=xs,
             y=ys,
@@ -89,8 +96,8 @@ def render_heatmap_plotly(data: HeatmapData, palette: Palette) -> Any:
             zmin=zmin,
             zmax=zmax,
             showscale=col == n,
-            colorbar={"title": {"text": "test acc (%)"}},
-            hovertemplate="batch size %{x}<br>lr_base %{y}<br>test acc %{z:.2f} %<extra></extra>",
+            colorbar={"title": {"text": task.score_axis("test", short=True)}},
+            hovertemplate=f"batch size %{{x}}<br>lr_base %{{y}}<br>{score}<extra></extra>",
             xgap=2,
             ygap=2,
             row=1,
@@ -144,7 +151,8 @@ def render_heatmap_matplotlib(data: HeatmapData, palette: Palette) -> MplFigure:
                 v = g.acc[i][j]
                 if math.isfinite(v):
                     color = "white" if v > mid else "#222"
-                    ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=8, color=color)
+                    text = format(v, data.task.score_cell_format)
+                    ax.text(j, i, text, ha="center", va="center", fontsize=8, color=color)
                 if g.diverged[i][j]:
                     ax.plot(j, i, marker="x", ms=16, mew=2.5, color=DIVERGED_COLOR)
         ax.set_xticks(range(len(g.batch_sizes)), [str(b) for b in g.batch_sizes])
@@ -154,19 +162,26 @@ def render_heatmap_matplotlib(data: HeatmapData, palette: Palette) -> MplFigure:
         if n > 1:
             ax.set_title(mpl_text(g.study))
     if image is not None:
-        fig.colorbar(image, ax=list(axes), label="final test accuracy (%)")
+        fig.colorbar(image, ax=list(axes), label=data.task.score_axis("final test"))
     return fig
 
 
+def figure_text(task: TaskInfo) -> tuple[str, str]:
+    """The figure's title and caption for `task`."""
+    return f"Test {task.score_label} over learning rate × batch size", (
+        f"Mean {task.score_axis('final test')} of the COMPLETE trials in each (lr_base, batch"
+        " size) cell; red crosses mark cells where trials diverged, empty cells had no COMPLETE"
+        " trial. Shown only when the study tried more than one learning rate."
+    )
+
+
+_TITLE, _DESCRIPTION = figure_text(TaskInfo())  # classification's, the default
 FIGURE = Figure[HeatmapData](
     name="heatmap",
-    title="Test accuracy over learning rate × batch size",
-    description=(
-        "Mean final test accuracy (%) of the COMPLETE trials in each (lr_base, batch size) cell;"
-        " red crosses mark cells where trials diverged, empty cells had no COMPLETE trial."
-        " Shown only when the study tried more than one learning rate."
-    ),
+    title=_TITLE,
+    description=_DESCRIPTION,
     extract=extract_heatmap,
     render_plotly=render_heatmap_plotly,
     render_matplotlib=render_heatmap_matplotlib,
+    text=figure_text,
 )

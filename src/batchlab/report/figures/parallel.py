@@ -10,11 +10,12 @@ from typing import Any
 import plotly.graph_objects as go
 from matplotlib.figure import Figure as MplFigure
 
-from batchlab.report._types import StudyLike
+from batchlab.report._types import StudyLike, task_of
 from batchlab.report.figure import Figure
 from batchlab.report.figures._style import plotly_layout
 from batchlab.report.palette import Palette, mpl_text, plotly_text
 from batchlab.report.stats import trial_final
+from batchlab.tasks.base import TaskInfo
 from batchlab.trial import TrialState
 
 
@@ -36,11 +37,12 @@ class ParallelData:
 
 def extract_parallel(studies: Sequence[StudyLike]) -> ParallelData | None:
     """One line per COMPLETE trial with finite numbers on every axis."""
+    task = task_of(studies)
     names = [s.name for s in studies]
     rows = []
     for t in (t for s in studies for t in s.trials if t.state is TrialState.COMPLETE):
         f = trial_final(t)
-        row = (f.batch_size, f.lr, f.train_time_s, f.train_loss, 100.0 * f.test_acc)
+        row = (f.batch_size, f.lr, f.train_time_s, f.train_loss, task.score_scale * f.test_acc)
         if all(math.isfinite(v) for v in row) and f.lr > 0 and f.train_time_s > 0:
             rows.append((names.index(t.study), row))
     if not rows:
@@ -49,8 +51,12 @@ def extract_parallel(studies: Sequence[StudyLike]) -> ParallelData | None:
         Axis(label="batch size", values=tuple(float(r[0]) for _, r in rows), log=True),
         Axis(label="peak lr", values=tuple(r[1] for _, r in rows), log=True),
         Axis(label="training time (s)", values=tuple(r[2] for _, r in rows), log=True),
-        Axis(label="final train loss (nats)", values=tuple(r[3] for _, r in rows), log=False),
-        Axis(label="final test accuracy (%)", values=tuple(r[4] for _, r in rows), log=False),
+        Axis(
+            label=f"final train loss ({task.loss_short_unit})",
+            values=tuple(r[3] for _, r in rows),
+            log=False,
+        ),
+        Axis(label=task.score_axis("final test"), values=tuple(r[4] for _, r in rows), log=False),
     ]
     if len(studies) > 1:
         axes.insert(
@@ -147,15 +153,23 @@ def render_parallel_matplotlib(data: ParallelData, palette: Palette) -> MplFigur
     return fig
 
 
+def figure_text(task: TaskInfo) -> tuple[str, str]:
+    """The figure's title and caption for `task`."""
+    return "Parallel coordinates", (
+        "One line per COMPLETE trial across batch size, the peak learning rate it used, training"
+        f" wall time, final train loss and final test {task.score_label}; the line colour is the"
+        " batch size. Drag along an axis to select a range; batch size, lr and time are on log"
+        " scales."
+    )
+
+
+_TITLE, _DESCRIPTION = figure_text(TaskInfo())  # classification's, the default
 FIGURE = Figure[ParallelData](
     name="parallel",
-    title="Parallel coordinates",
-    description=(
-        "One line per COMPLETE trial across batch size, the peak learning rate it used, training"
-        " wall time, final train loss and final test accuracy; the line colour is the batch size."
-        " Drag along an axis to select a range; batch size, lr and time are on log scales."
-    ),
+    title=_TITLE,
+    description=_DESCRIPTION,
     extract=extract_parallel,
     render_plotly=render_parallel_plotly,
     render_matplotlib=render_parallel_matplotlib,
+    text=figure_text,
 )

@@ -1,0 +1,140 @@
+"""The schedule of a trial, in one place: batch size and lr per epoch, warmup, planned steps,
+when to evaluate, and where a trial can pause.
+
+The engine trains by it, the fused path trains by it, adaptive sweeps place their rungs on its
+pause points and progress bars read its planned steps: nothing else restates it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+from batchlab.lr import warmup_lr
+from batchlab.spec import TrialSpec
+
+
+def epoch_plan(trial: TrialSpec, epoch: int, n_train: int) -> tuple[int, float]:
+    """Batch size and lr for an epoch under the trial's batch and lr schedules.
+
+    Smith et al.: where a step schedule would divide the lr by k, multiply the batch by k instead,
+    until `max_batch`; past the cap the lr is divided. Milestones are stretched by Hoffer's regime
+    factor when regime adaptation is on.
+    """
+    spec, regime = trial.study, trial.regime_factor
+    batch, lr = trial.batch_size, trial.lr
+    if spec.batch_schedule is not None:
+        sched = spec.batch_schedule
+        for _ in range(sched.passed(epoch, regime)):
+            bigger = round(batch * sched.factor)
+            if sched.max_batch is not None and bigger > sched.max_batch:
+                lr /= sched.factor
+            else:
+                batch = bigger
+    if spec.lr_schedule is not None:
+        lr /= spec.lr_schedule.factor ** spec.lr_schedule.passed(epoch, regime)
+    return min(batch, n_train), lr
+
+
+def planned_steps(trial: TrialSpec, n_train: int) -> int | None:
+    """Updates a trial will make under its budget; None for a wall-clock budget."""
+    return TrialPlan(trial, n_train).total_steps
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What happens at the end of an epoch (or of the budget within one)."""
+
+    evaluate: bool
+    full_train: bool  # a full pass over the training set too
+    checkpoint: bool  # on an epoch boundary: the trial can resume from here
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """One trial's schedule on a training set of `n_train` examples."""
+
+    trial: TrialSpec
+    n_train: int
+
+    def epoch(self, epoch: int) -> tuple[int, float]:
+        """(batch size, lr) of an epoch."""
+        return epoch_plan(self.trial, epoch, self.n_train)
+
+    @cached_property
+    def warmup_steps(self) -> int:
+        """Goyal et al.'s warmup, `warmup_epochs` counted in the first epoch's steps."""
+        first = self.epoch(0)[0]
+        return round(self.trial.study.warmup_epochs * math.ceil(self.n_train / first))
+
+    def lr(self, step: int, epoch_lr: float, *, lr_base: float | None = None) -> float:
+        """The lr of the update after `step` updates: the warmup ramp from the base lr, then the
+        epoch's lr."""
+        base = self.trial.lr_base if lr_base is None else lr_base
+        return warmup_lr(step, lr_ref=base, lr=epoch_lr, warmup_steps=self.warmup_steps)
+
+    @cached_property
+    def total_steps(self) -> int | None:
+        """Updates the trial will make under its budget; None for a wall-clock budget."""
+        budget, n = self.trial.budget, self.n_train
+        if budget.steps is not None:
+            return budget.steps
+        if budget.seconds is not None:
+            return None
+        limit = budget.epochs * n if budget.epochs is not None else int(budget.value)
+        steps = samples = epoch = 0
+        while samples < limit:
+            batch, _ = self.epoch(epoch)
+            take = min(n, limit - samples)
+            steps += math.ceil(take / batch)
+            samples += take
+            epoch += 1
+        return steps
+
+    def exhausted(self, *, step: int, samples: int, train_time: float = 0.0) -> bool:
+        """Whether the budget is spent."""
+        budget = self.trial.budget
+        return (
+            (budget.epochs is not None and samples >= budget.epochs * self.n_train)
+            or (budget.steps is not None and step >= budget.steps)
+            or (budget.samples is not None and samples >= budget.samples)
+            or (budget.seconds is not None and train_time >= budget.seconds)
+        )
+
+    def stops_within_epoch(self, *, step: int, samples: int) -> bool:
+        """A steps or samples budget that ends in the middle of an epoch."""
+        budget = self.trial.budget
+        return (budget.steps is not None and step >= budget.steps) or (
+            budget.samples is not None and samples >= budget.samples
+        )
+
+    def after_epoch(self, *, samples: int, done: bool) -> Evaluation:
+        """Evaluations: every `eval_every` epochs and at the end (checkpointed on an epoch
+        boundary); a full pass over the training set every `train_eval_every` and at the end."""
+        spec = self.trial.study
+        epoch_end = samples % self.n_train == 0
+        epochs = samples // self.n_train
+        evaluate = done or (epoch_end and epochs % spec.eval_every == 0)
+        full = done or (spec.train_eval_every > 0 and epochs % spec.train_eval_every == 0)
+        return Evaluation(evaluate=evaluate, full_train=evaluate and full, checkpoint=epoch_end)
+
+    def pause_points(self) -> list[int]:
+        """Steps of the checkpointed evaluations strictly inside training (neither step 0 nor the
+        end): the only places where the engine can pause a trial."""
+        total = self.total_steps
+        if total is None:
+            raise ValueError("adaptive: a wall-clock budget has no planned steps")
+        budget, n = self.trial.budget, self.n_train
+        limit = budget.epochs * n if budget.epochs is not None else budget.samples
+        out: list[int] = []
+        steps = samples = epoch = 0
+        while True:
+            batch, _ = self.epoch(epoch)
+            steps += math.ceil(n / batch)
+            samples += n
+            epoch += 1
+            if steps >= total or (limit is not None and samples >= limit):
+                return out  # this epoch boundary is the end of training (or lies past it)
+            if epoch % self.trial.study.eval_every == 0:
+                out.append(steps)

@@ -1,0 +1,149 @@
+"""What running a study needs before it starts: the prepared study (spec validated, data loaded
+and on its device) and the `Reporter` protocol that hears of progress.
+
+`study`, `executor` and `adaptive` share these types; they live here, apart from all three, so
+that none of them imports another to name a type.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from batchlab._version import __version__
+from batchlab.data import Dataset, load_dataset
+from batchlab.engine import Progress, resolve_device
+from batchlab.errors import SpecError
+from batchlab.models import build_model
+from batchlab.spec import StudySpec, TrialSpec
+from batchlab.trial import TrialState
+
+
+class Reporter(Protocol):
+    """What a progress display implements; `NullReporter` ignores everything."""
+
+    def study_started(self, spec: StudySpec, total: int, already_done: int) -> None: ...
+    def trial_started(self, trial: TrialSpec, total_steps: int | None) -> None: ...
+    def trial_progress(self, progress: Progress) -> None: ...
+    def trial_finished(self, trial: TrialSpec, state: TrialState) -> None: ...
+    def study_finished(self) -> None: ...
+
+
+class NullReporter:
+    def study_started(self, spec: StudySpec, total: int, already_done: int) -> None:
+        pass
+
+    def trial_started(self, trial: TrialSpec, total_steps: int | None) -> None:
+        pass
+
+    def trial_progress(self, progress: Progress) -> None:
+        pass
+
+    def trial_finished(self, trial: TrialSpec, state: TrialState) -> None:
+        pass
+
+    def study_finished(self) -> None:
+        pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreparedStudy:
+    """A validated spec with its data loaded: everything checked before the store is touched."""
+
+    spec: StudySpec
+    data: Dataset
+    device: torch.device
+
+
+def load_study_data(spec: StudySpec, *, data_dir: Path | None = None) -> Dataset:
+    """The study's data, split and prepared for its task (named, or implied by the data)."""
+    return load_dataset(
+        spec.dataset,
+        args=spec.dataset_args,
+        data_dir=data_dir,
+        val_fraction=spec.val_fraction,
+        data_seed=spec.data_seed,
+        train_subset=spec.train_subset,
+        task=spec.task,
+        task_args=spec.task_args,
+        workers=spec.data_workers,
+    )
+
+
+def prepare(spec: StudySpec, *, data_dir: Path | None = None) -> PreparedStudy:
+    """Load the data and check the spec against it (batch sizes, model); raise one-line errors."""
+    data = load_study_data(spec, data_dir=data_dir)
+    too_big = [b for _, v in spec.resolved_variants() for b in v.batch_sizes if b > data.n_train]
+    if too_big:
+        raise SpecError(
+            f"batch_sizes: {too_big} exceed the {data.n_train} training examples;"
+            f" use batch sizes <= {data.n_train}"
+        )
+    build_model(
+        spec.model,
+        spec.model_args,
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
+        seed=0,
+    )
+    try:
+        device = resolve_device(spec.device)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as err:
+        raise SpecError(f"device: {spec.device!r} is not usable here ({err}); use cpu") from None
+    return PreparedStudy(
+        spec=spec, data=data.to(device, budget_bytes=device_data_budget(device)), device=device
+    )
+
+
+DEVICE_DATA_SHARE = 0.5
+"""The share of a GPU's free memory the dataset may take; larger data stays in host memory."""
+
+
+def device_data_budget(device: torch.device) -> int | None:
+    """How many bytes of tensors may be moved to `device` once per study (None: no limit)."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(DEVICE_DATA_SHARE * free)
+
+
+def task_provenance(data: Dataset) -> dict[str, Any]:
+    """The task's labels and tokens per example, stored with each trial (`Study.task`)."""
+    n = min(len(data.train), 4096) if not data.in_memory else len(data.train)
+    _, y = data.train.head(n)  # a Dataset read by index: the mean over its first rows
+    units = float(data.task.units(y)) / max(1, n)
+    return replace(data.task.describe(), tokens_per_sample=units).as_dict()
+
+
+def provenance(device: torch.device) -> dict[str, Any]:
+    """Where and with what a trial ran: versions, device, threads, git commit when available."""
+    if device.type == "cuda":
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        device_name = platform.processor() or platform.machine()
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=2, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "batchlab": __version__,
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "device": str(device),
+        "device_name": device_name,
+        "threads": torch.get_num_threads(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "git_commit": commit,
+    }
