@@ -1,5 +1,5 @@
 """Packing: is it faster to run trials side by side on one thread each, or one at a time on all
-cores? This measures the rule `workers = "auto"` uses (see `batchlab.executor.threads_for`).
+cores? This measures the rule `workers = "auto"` uses (see `batchlab.executors.threads_for`).
 
 For each batch size, the same trial (one epoch of the seeds' MLP, 784-512-512-10, SGD) runs
 (a) alone in one process with every core's thread, and (b) once per core, concurrently, in
@@ -26,7 +26,7 @@ import torch.multiprocessing as mp
 from batchlab.data import Dataset, load_dataset
 from batchlab.data.rows import TensorRows
 from batchlab.engine import train_trial
-from batchlab.executor import PACK_MAX_BATCH, usable_cores
+from batchlab.executors import PACK_MAX_BATCH, usable_cores
 from batchlab.spec import StudySpec
 from batchlab.trial import EvalRecord
 

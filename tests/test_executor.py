@@ -17,8 +17,8 @@ import pytest
 import torch
 from torch import nn
 
-from batchlab import executor
-from batchlab.executor import order_for_pool, packs, threads_for
+from batchlab import executors as executor
+from batchlab.executors import order_for_pool, packs, threads_for
 from batchlab.models import MLP
 from batchlab.spec import StudySpec, TrialSpec
 from batchlab.store import ClaimLost, Store, owner_alive, process_owner
@@ -239,7 +239,7 @@ def test_pool_matches_a_sequential_run_trial_by_trial(
 def test_a_worker_killed_mid_trial_is_replaced_and_the_trial_resumed(
     make_spec: SpecFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep_threads: None
 ) -> None:
-    monkeypatch.setattr(executor, "MAX_ATTEMPTS", 2)
+    monkeypatch.setattr(executor.driver, "MAX_ATTEMPTS", 2)  # where the driver reads it
     once, always = tmp_path / "once", tmp_path / "always"
     model = {"widths": [16], "after": 30}  # epoch 2 of 3 (24 steps per epoch at batch 8)
     spec = make_spec(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -74,3 +75,27 @@ def test_bad_model_names_and_args() -> None:
         build_model("mlp", {"depth": 3}, input_shape=(4,), num_classes=2, seed=0)
     with pytest.raises(SpecError, match="widths"):
         build_model("mlp", {"widths": [0]}, input_shape=(4,), num_classes=2, seed=0)
+
+
+def typo_factory(
+    *, input_shape: tuple[int, ...], num_classes: int, width: int = 8
+) -> torch.nn.Module:
+    return torch.nn.Sequential(
+        torch.nn.Flatten(),
+        torch.nn.Linear(math.prod(input_shape), width),
+        torch.nn.Linear(width, num_classes),
+    )
+
+
+def test_a_model_arg_the_users_factory_does_not_take_is_an_error() -> None:
+    """A typo used to be dropped silently (the factory then ran with its default width)."""
+    ok = build_model(
+        "tests.test_models:typo_factory", {"width": 5}, input_shape=(3,), num_classes=2, seed=0
+    )
+    assert isinstance(ok, torch.nn.Sequential) and ok[1].out_features == 5
+    with pytest.raises(
+        SpecError, match="model_args: tests.test_models:typo_factory takes width, not widht"
+    ):
+        build_model(
+            "tests.test_models:typo_factory", {"widht": 5}, input_shape=(3,), num_classes=2, seed=0
+        )

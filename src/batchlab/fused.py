@@ -50,6 +50,7 @@ from batchlab.engine import (
 from batchlab.models import MLP, build_model
 from batchlab.plan import TrialPlan
 from batchlab.spec import TrialSpec
+from batchlab.step import sgd_direction
 from batchlab.trial import EvalRecord, TrialState
 
 
@@ -392,19 +393,15 @@ def train_group(
             losses.sum().backward()  # type: ignore[no-untyped-call]  # members share nothing
             loss_sum += losses.detach() * bs
             correct += (out.detach().argmax(dim=2) == yb).sum(dim=1)
-            with torch.no_grad():  # `engine.sgd_step`'s arithmetic, lr per member
-                grads = [p.grad for p in params if p.grad is not None]
-                if wd != 0:
-                    grads = list(torch._foreach_add(grads, params, alpha=wd))
-                if momentum != 0:
-                    if bufs is None:  # a first step: a new buffer starts as the gradient
-                        bufs = [g_.clone() for g_ in grads]
-                    else:
-                        torch._foreach_mul_(bufs, momentum)
-                        torch._foreach_add_(bufs, grads)
-                    grads = (
-                        list(torch._foreach_add(grads, bufs, alpha=momentum)) if nesterov else bufs
-                    )
+            with torch.no_grad():  # `step.sgd_step`'s arithmetic, one lr per member
+                grads, bufs = sgd_direction(
+                    [p.grad for p in params if p.grad is not None],
+                    params,
+                    bufs,
+                    momentum=momentum,
+                    weight_decay=wd,
+                    nesterov=nesterov,
+                )
                 for p, g_, neg_lr in zip(params, grads, lrs, strict=True):
                     p.addcmul_(g_, neg_lr)  # p + (-lr) g, rounded as the engine's alpha=-lr
             step += 1

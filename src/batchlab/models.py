@@ -1,7 +1,8 @@
 """Models: the seeds' simple MLP (no BatchNorm), a small CNN, and users' own factories.
 
-A factory is called as `factory(input_shape=..., num_classes=..., **model_args)`, passing only the
-keywords it accepts, and must return an `nn.Module` mapping a batch to class logits.
+A factory is called as `factory(input_shape=..., num_classes=..., **model_args)` (the first two
+only when it takes them; a `model_args` key it does not take is an error naming it), and must
+return an `nn.Module` mapping a batch to the task's outputs.
 """
 
 from __future__ import annotations
@@ -111,14 +112,26 @@ class CNN(nn.Module):
         return out
 
 
-def _call_with_accepted(fn: Any, kwargs: dict[str, Any], *, field: str) -> Any:
+def _call_user_factory(
+    fn: Any, given: dict[str, Any], options: dict[str, Any], *, name: str
+) -> Any:
+    """Call a user's factory with `given` (input_shape, num_classes: passed only when it takes
+    them) and `options` (model_args: every one must be a parameter it takes, so a typo is an
+    error naming it, as for the built-in models)."""
     params = inspect.signature(fn).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    accepted = kwargs if takes_any else {k: v for k, v in kwargs.items() if k in params}
+    unknown = [] if takes_any else sorted(set(options) - set(params))
+    if unknown:
+        takes = sorted(k for k in params if k not in given) or ["nothing"]
+        raise SpecError(
+            f"model_args: {name} takes {', '.join(takes)}, not {', '.join(unknown)};"
+            " fix or remove them"
+        )
+    kwargs = {k: v for k, v in given.items() if takes_any or k in params} | options
     try:
-        return fn(**accepted)
+        return fn(**kwargs)
     except TypeError as err:
-        raise SpecError(f"{field}: {err}") from None
+        raise SpecError(f"model_args: {err}") from None
 
 
 def _mlp(input_shape: Sequence[int], num_classes: int, args: dict[str, Any]) -> nn.Module:
@@ -163,8 +176,8 @@ def build_model(
             return MODELS[name](input_shape, num_classes, model_args)
         if ":" in name:
             fn = resolve_callable(name, field="model")
-            kwargs = {"input_shape": tuple(input_shape), "num_classes": num_classes, **model_args}
-            model = _call_with_accepted(fn, kwargs, field="model_args")
+            given = {"input_shape": tuple(input_shape), "num_classes": num_classes}
+            model = _call_user_factory(fn, given, model_args, name=name)
             if not isinstance(model, nn.Module):
                 raise SpecError(f"model: {name} returned {type(model).__name__}, not an nn.Module")
             return model

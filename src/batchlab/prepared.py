@@ -1,7 +1,7 @@
 """What running a study needs before it starts: the prepared study (spec validated, data loaded
 and on its device) and the `Reporter` protocol that hears of progress.
 
-`study`, `executor` and `adaptive` share these types; they live here, apart from all three, so
+`study`, `executors` and `adaptive` share these types; they live here, apart from all three, so
 that none of them imports another to name a type.
 """
 

@@ -285,7 +285,7 @@ class StudySpec(_Frozen):
     """CPU threads for torch (unset: torch's default)."""
     adaptive: Adaptive | None = None
     """Successive halving over the grid: true for the default rule, or a table of its options."""
-    # How trials run (batchlab.executor): 1 = one after another in this process; N = a pool of
+    # How trials run (batchlab.executors): 1 = one after another in this process; N = a pool of
     # N worker processes; "auto" = one per core, small batches packed single-threaded.
     workers: Annotated[int, Field(gt=0)] | Literal["auto"] = 1
     """Trials at once: 1 (one after another, in this process), N worker processes, or "auto"."""

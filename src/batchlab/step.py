@@ -62,6 +62,33 @@ def backward_batch(
 
 
 @torch.no_grad()
+def sgd_direction(
+    grads: Sequence[torch.Tensor],
+    params: Sequence[torch.Tensor],
+    bufs: list[torch.Tensor] | None,
+    *,
+    momentum: float,
+    weight_decay: float,
+    nesterov: bool,
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """SGD's update direction (dampening 0), as `torch.optim.SGD` computes it: weight decay
+    added to the gradient, the momentum buffers updated in place (`bufs` None on a first step:
+    new buffers start as the gradient), Nesterov's look-ahead. Returns (direction, buffers);
+    the caller applies `p -= lr * direction`, with one lr or one per fused member."""
+    out = list(grads)
+    if weight_decay != 0:
+        out = list(torch._foreach_add(out, list(params), alpha=weight_decay))
+    if momentum == 0:
+        return out, bufs
+    if bufs is None:
+        bufs = [torch.clone(g).detach() for g in out]
+    else:
+        torch._foreach_mul_(bufs, momentum)
+        torch._foreach_add_(bufs, out)
+    return (list(torch._foreach_add(out, bufs, alpha=momentum)) if nesterov else bufs), bufs
+
+
+@torch.no_grad()
 def sgd_step(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]) -> None:
     """`torch.optim.SGD.step()` (dampening 0), bit for bit, without its per-call overhead.
 
@@ -70,28 +97,36 @@ def sgd_step(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]) -
     (`_foreach`) kernels and keeps its state in the optimizer, so checkpoints are unchanged.
     """
     group = optimizer.param_groups[0]
-    lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
+    momentum, state = group["momentum"], optimizer.state
     live = [p for p in params if p.grad is not None]
     grads = [p.grad for p in live if p.grad is not None]
-    if wd != 0:
-        grads = list(torch._foreach_add(grads, live, alpha=wd))
-    if momentum != 0:
-        state = optimizer.state
-        if all("momentum_buffer" in state[p] for p in live):
-            bufs: list[torch.Tensor] = [state[p]["momentum_buffer"] for p in live]
-            torch._foreach_mul_(bufs, momentum)
-            torch._foreach_add_(bufs, grads)
-        else:  # a first step: a new buffer starts as the gradient, as in torch.optim.SGD
-            bufs = []
-            for p, g in zip(live, grads, strict=True):
-                if "momentum_buffer" in state[p]:
-                    bufs.append(state[p]["momentum_buffer"].mul_(momentum).add_(g))
-                else:
-                    bufs.append(torch.clone(g).detach())
-                    state[p]["momentum_buffer"] = bufs[-1]
-        nesterov = group["nesterov"]
-        grads = list(torch._foreach_add(grads, bufs, alpha=momentum)) if nesterov else bufs
-    torch._foreach_add_(live, grads, alpha=-lr)
+    have = [p for p in live if "momentum_buffer" in state[p]]
+    if momentum != 0 and 0 < len(have) < len(live):  # some buffers exist: one tensor at a time
+        for p, g in zip(live, grads, strict=True):
+            d, b = sgd_direction(
+                [g],
+                [p],
+                [state[p]["momentum_buffer"]] if "momentum_buffer" in state[p] else None,
+                momentum=momentum,
+                weight_decay=group["weight_decay"],
+                nesterov=group["nesterov"],
+            )
+            assert b is not None
+            state[p]["momentum_buffer"] = b[0]
+            torch._foreach_add_([p], d, alpha=-group["lr"])
+        return
+    direction, bufs = sgd_direction(
+        grads,
+        live,
+        [state[p]["momentum_buffer"] for p in live] if have else None,
+        momentum=momentum,
+        weight_decay=group["weight_decay"],
+        nesterov=group["nesterov"],
+    )
+    if bufs is not None and not have:
+        for p, buf in zip(live, bufs, strict=True):
+            state[p]["momentum_buffer"] = buf
+    torch._foreach_add_(live, direction, alpha=-group["lr"])
 
 
 class Step(Protocol):

@@ -23,7 +23,7 @@ from batchlab.engine import (
     train_trial,
 )
 from batchlab.errors import SpecError, StoreError
-from batchlab.executor import check_executor, run_trials
+from batchlab.executors import check_executor, run_trials
 from batchlab.models import build_model
 from batchlab.prepared import (
     NullReporter,
@@ -158,7 +158,7 @@ def run_study(
         if spec.adaptive is not None:  # successive halving over the grid: batchlab.adaptive
             run_adaptive(s, trials, prepared, reporter, prov, run_one=_run_one)
             todo = []
-        run_trials(s, todo, prepared, reporter, prov)  # claimed one by one; see batchlab.executor
+        run_trials(s, todo, prepared, reporter, prov)  # claimed one by one; see batchlab.executors
         reporter.study_finished()
     return load_study(spec.name, store)
 
