@@ -8,6 +8,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from batchlab.adaptive import (
     pause_points,
     pruned_configs,
     pruned_rung,
+    run_adaptive,
     rung_plan,
 )
 from batchlab.cli import main
@@ -31,6 +33,7 @@ from batchlab.errors import SpecError
 from batchlab.plan import planned_steps
 from batchlab.probes import ProbeRecord
 from batchlab.spec import Adaptive, StudySpec, TrialSpec, spec_from_dict
+from batchlab.store import Store
 from batchlab.study import NullReporter, Study, load_study, run_study
 from batchlab.trial import EvalRecord, FrozenTrial, TrialState
 from tests.conftest import tiny_spec
@@ -461,3 +464,83 @@ def test_measurement_specs_validate_and_take_the_flag(path: Path) -> None:
     spec = load_spec(path, overrides=["adaptive=true"])
     assert spec.adaptive == Adaptive() and len(spec.trials()) >= 40
     assert load_spec(path).adaptive is None  # the full grid is the file as written
+
+
+# ---- rungs rank on validation: the test set never decides ---------------------------------------
+
+# lr -> (val_acc, test_acc) at every evaluation: validation and test disagree on the order
+SPLIT_SCORES = {0.001: (0.9, 0.1), 0.03: (0.5, 0.5), 0.3: (0.1, 0.9)}
+
+
+def split_record(step: int, lr_base: float, n_train: int, batch_size: int) -> EvalRecord:
+    val, test = SPLIT_SCORES[lr_base]
+    return EvalRecord(
+        idx=step,
+        epoch=step * batch_size / n_train,
+        step=step,
+        samples=step * batch_size,
+        current_lr=lr_base,
+        train_loss=1.0,
+        train_acc=0.5,
+        val_loss=1.0 - val,
+        val_acc=val,
+        test_loss=1.0 - test,
+        test_acc=test,
+        train_time_s=float(step),
+        eval_time_s=0.0,
+        samples_per_s=1.0,
+        peak_mem_bytes=0,
+    )
+
+
+def test_rungs_rank_on_validation_not_test(tmp_path: Path) -> None:
+    # A driver run with a fake trainer that records chosen numbers: lr 0.001 leads on validation
+    # and trails on test, lr 0.3 the reverse. The rung must stop the validation laggards.
+    spec = spec_from_dict(grid_spec(adaptive=True))
+    assert spec.adaptive is not None and spec.adaptive.metric == "val_acc"  # the default
+    n_train = 96
+    trials = spec.trials(n_train=n_train)
+    path = tmp_path / "r.db"
+
+    def run_one(
+        store: Store, t: TrialSpec, prepared: Any, reporter: Any, prov: Any, *, stop_at_step: Any
+    ) -> TrialState:
+        end = planned_steps(t, n_train)
+        assert end is not None
+        step = end if stop_at_step is None else stop_at_step
+        store.add_eval(t.trial_id, split_record(step, t.lr_base, n_train, t.batch_size), None)
+        if stop_at_step is None:
+            store.finish_trial(t.trial_id, TrialState.COMPLETE)
+            return TrialState.COMPLETE
+        return TrialState.RUNNING
+
+    # a huge validation set (a range: its length without the memory), so no sampling margin
+    prepared = SimpleNamespace(spec=spec, data=SimpleNamespace(n_train=n_train, val=range(10**9)))
+    with Store(path) as s:
+        s.put_study(spec.name, spec.to_toml_dict())
+        s.add_trials(
+            spec.name,
+            [
+                {"trial_id": t.trial_id, "batch_size": t.batch_size, "lr_base": t.lr_base}
+                | {"lr": t.lr, "seed": t.seed, "params": t.params()}
+                for t in trials
+            ],
+        )
+        run_adaptive(s, trials, prepared, NullReporter(), {}, run_one=run_one)  # type: ignore[arg-type]
+    study = load_study(spec.name, path)
+    pruned = {(t.batch_size, t.lr_base) for t in study.trials_in(TrialState.PRUNED)}
+    complete = {(t.batch_size, t.lr_base) for t in study.trials_in(TrialState.COMPLETE)}
+    assert complete == {(8, 0.001), (32, 0.001)}  # on test lr 0.3 would have been kept
+    assert pruned == {(b, lr) for b in (8, 32) for lr in (0.03, 0.3)}
+    assert all(pruned_rung(t) == 1 for t in study.trials_in(TrialState.PRUNED))
+    # reading the study back also chooses on validation and reports the test score
+    best = best_per_batch(study.trials)
+    assert {b: (c.lr_base, c.val, c.test_acc) for b, c in best.items()} == {
+        8: (0.001, 0.9, 0.1),
+        32: (0.001, 0.9, 0.1),
+    }
+
+
+def test_a_rung_metric_on_test_is_refused() -> None:
+    with pytest.raises(ValueError, match="val_acc"):
+        Adaptive(metric="test_acc")  # type: ignore[arg-type]

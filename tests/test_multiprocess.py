@@ -16,14 +16,15 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import tiny_spec
+from tests.conftest import TASK_SPECS, tiny_spec
 
 FINAL = ("COMPLETE", "DIVERGED", "FAILED")
 
 
-def write_study(path: Path, **overrides: Any) -> Path:
-    """A TOML study file from the tiny synthetic spec (JSON values are valid TOML values)."""
-    spec = tiny_spec(**overrides)
+def write_study(path: Path, base: dict[str, Any] | None = None, **overrides: Any) -> Path:
+    """A TOML study file from `base` (the tiny synthetic spec by default) and `overrides`
+    (JSON values are valid TOML values)."""
+    spec = {**(base if base is not None else tiny_spec()), **overrides}
     lines = [f"{k} = {json.dumps(v)}" for k, v in spec.items() if not isinstance(v, dict)]
     for k, v in spec.items():
         if isinstance(v, dict):
@@ -116,3 +117,84 @@ def test_a_pool_driver_killed_halfway_and_rerun_records_every_trial_once(tmp_pat
     assert unfinished > 0
     finish(batchlab(str(study), "--store", str(store), "--workers", "2"))
     check_exactly_once(store, n_trials=n, epochs=2)
+
+
+KILL_DATA: dict[str, dict[str, Any]] = {
+    "regression": {"kind": "regression", "n_train": 1200, "n_test": 128, "dim": 8},
+    "language-model": {"n_train": 600, "n_test": 32},
+}
+"""Per task, enough data that an epoch takes long enough (a tenth of a second or more) for the
+kill to land part-way through a trial. Classification's kill -9 test is in tests/test_cli.py."""
+
+METRICS = (
+    "e.trial_id, e.idx, e.epoch, e.step, e.samples, e.current_lr, e.train_loss, e.train_acc,"
+    " e.val_loss, e.val_acc, e.test_loss, e.test_acc, e.full_train_loss, e.full_train_acc"
+)
+"""Every stored evaluation column but the timings (which differ from run to run)."""
+
+
+def eval_rows(store: Path) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(store) as con:
+        return con.execute(
+            f"SELECT {METRICS} FROM evals e JOIN trials t USING (trial_id) ORDER BY t.number, e.idx"
+        ).fetchall()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", sorted(KILL_DATA))
+def test_a_study_killed_mid_trial_resumes_bit_identically_for_every_task(
+    task: str, tmp_path: Path
+) -> None:
+    """kill -9 of `batchlab run` while a trial is part-way (a checkpoint stored, more epochs to
+    go) and another is finished, then a rerun: every trial once, the killed one resumed (two
+    attempts), and every evaluation bit for bit that of a run never killed, for each task (the
+    language model's data and model are `tests.workloads` functions, imported by the
+    subprocesses through PYTHONPATH)."""
+    epochs = 6
+    study = write_study(
+        tmp_path / "s.toml",
+        TASK_SPECS[task],
+        name=f"kill-{task}",
+        dataset_args=KILL_DATA[task],
+        batch_sizes=[8, 16, 32],
+        budget={"epochs": epochs},
+        threads=1,  # three torch processes share the machine: no intra-op oversubscription
+    )
+    store, clean_store = tmp_path / "killed.db", tmp_path / "clean.db"
+    clean = batchlab(str(study), "--store", str(clean_store))  # alongside: the reference
+    driver = batchlab(str(study), "--store", str(store))
+    killed: str | None = None
+    deadline = time.monotonic() + 240
+    while killed is None and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(0.05)
+        with contextlib.suppress(sqlite3.OperationalError), sqlite3.connect(store) as con:
+            states = con.execute(
+                "SELECT t.trial_id, t.state, COUNT(e.idx) FROM trials t"
+                " LEFT JOIN evals e USING (trial_id) GROUP BY t.trial_id"
+            ).fetchall()  # no such table until the driver has created it
+            running = [tid for tid, state, n in states if state == "RUNNING" and n >= 3]
+            if running and any(state in FINAL for _, state, _ in states):
+                os.kill(driver.pid, signal.SIGKILL)
+                killed = running[0]
+    driver.wait()
+    assert killed is not None, "the study finished before it could be killed"
+    with sqlite3.connect(store) as con:
+        state, n_evals = con.execute(
+            "SELECT state, (SELECT COUNT(*) FROM evals WHERE trial_id = ?) FROM trials"
+            " WHERE trial_id = ?",
+            (killed, killed),
+        ).fetchone()
+        (ckpt,) = con.execute(
+            "SELECT MAX(eval_idx) FROM checkpoints WHERE trial_id = ?", (killed,)
+        ).fetchone()
+    assert state == "RUNNING" and 3 <= n_evals <= epochs  # killed part-way
+    assert ckpt is not None and ckpt >= 1  # so the rerun resumes from a checkpoint
+
+    finish(batchlab(str(study), "--store", str(store)))
+    finish(clean)
+    rows = check_exactly_once(store, n_trials=3, epochs=epochs)
+    assert {tid: attempts for tid, _, attempts, _ in rows if attempts != 1} == {killed: 2}
+    assert all(state == "COMPLETE" for _, state, _, _ in rows)
+    killed_rows, clean_rows = eval_rows(store), eval_rows(clean_store)
+    assert len(killed_rows) == 3 * (epochs + 1)
+    assert killed_rows == clean_rows

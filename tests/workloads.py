@@ -37,6 +37,22 @@ def bigram(*, input_shape: tuple[int, ...], num_classes: int, width: int = 16) -
     return nn.Sequential(nn.Embedding(num_classes, width), nn.Linear(width, num_classes))
 
 
+class _LastToken(nn.Module):
+    def __init__(self, vocab: int, width: int) -> None:
+        super().__init__()
+        self.embed, self.out = nn.Embedding(vocab, width), nn.Linear(width, vocab)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.out(self.embed(x[:, -1]))
+        return logits
+
+
+def last_token(*, input_shape: tuple[int, ...], num_classes: int, width: int = 16) -> nn.Module:
+    """A user's mistake: a language model that drops the time axis, logits [B, V] for tokens
+    [B, T] (one prediction per sequence instead of one per position)."""
+    return _LastToken(num_classes, width)
+
+
 class Huber(Task):
     """A user's task: Huber loss on real targets, score = fraction within `tol` of the target."""
 
@@ -87,7 +103,62 @@ def synthetic_items(*, as_dict: bool = False, **args: Any) -> tuple[Items, Items
     from batchlab.data import make_synthetic
 
     raw = make_synthetic(**args)
+    assert isinstance(raw.x_train, torch.Tensor) and isinstance(raw.x_test, torch.Tensor)
     return (
         Items(raw.x_train, raw.y_train, as_dict=as_dict),
         Items(raw.x_test, raw.y_test, as_dict=as_dict),
     )
+
+
+def masked_tokens(
+    *, n_train: int = 96, n_test: int = 32, context: int = 12, vocab: int = 11, seed: int = 0
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """`tokens` as a dict batch: {"tokens", "mask"} inputs, each sequence padded after a random
+    length (mask 0, target -100 there), so batches hold unequal token counts."""
+    x_tr, y_tr, x_te, y_te = tokens(
+        n_train=n_train, n_test=n_test, context=context, vocab=vocab, seed=seed
+    )
+    g = torch.Generator().manual_seed(seed + 1)
+
+    def pad(x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        lengths = torch.randint(2, context + 1, (x.shape[0], 1), generator=g)
+        mask = (torch.arange(context)[None, :] < lengths).long()
+        return {"tokens": x * mask, "mask": mask}, torch.where(mask == 1, y, -100)
+
+    (xa, ya), (xb, yb) = pad(x_tr, y_tr), pad(x_te, y_te)
+    return xa, ya, xb, yb
+
+
+class MaskedBigram(nn.Module):
+    """A bigram model taking a dict batch: `model(tokens=..., mask=...)` -> logits [B, T, V]."""
+
+    def __init__(self, vocab: int, width: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.head = nn.Linear(width, vocab)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.head(self.embed(tokens) * mask[..., None])
+        return logits
+
+
+def masked_bigram(*, input_shape: tuple[int, ...], num_classes: int, width: int = 16) -> nn.Module:
+    return MaskedBigram(num_classes, width)
+
+
+class DictItems(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
+    """`masked_tokens` as a map-style Dataset of dict items with two inputs and a label."""
+
+    def __init__(self, x: dict[str, torch.Tensor], y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"tokens": self.x["tokens"][i], "mask": self.x["mask"][i], "labels": self.y[i]}
+
+
+def masked_token_items(**args: Any) -> tuple[DictItems, DictItems]:
+    xa, ya, xb, yb = masked_tokens(**args)
+    return DictItems(xa, ya), DictItems(xb, yb)

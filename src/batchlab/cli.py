@@ -286,7 +286,8 @@ def _print_bands(study: Study, console: Console) -> None:
     )
     task = study.task
     score = f"test {task.score_short}"
-    for col in ("variant", "batch size", "usable lrs", "band", "best lr (by val)", score):
+    by = "test: no val split" if any(b.selected_on == "test" for b in grid_bands) else "val"
+    for col in ("variant", "batch size", "usable lrs", "band", f"best lr (by {by})", score):
         table.add_column(col, justify="right")
     for b in grid_bands:
         band = "—" if b.lo is None else f"{b.lo:.3g} .. {b.hi:.3g}"
@@ -454,12 +455,13 @@ def interpolate(
 TARGET_OPTION = click.option(
     "--target",
     "target_text",
-    default="val_acc=0.98*best",
-    show_default=True,
+    default=None,
     metavar="METRIC=VALUE[*best]",
     help="What reaching the target means: val_acc=0.9 (absolute) or val_acc=0.98*best"
     " (fraction of the best; for losses best / fraction). METRIC: val_acc, test_acc, val_loss,"
-    " test_loss; *_acc is the task's score (accuracy, R², token accuracy).",
+    " test_loss; *_acc is the task's score (accuracy, R², token accuracy). A test metric"
+    " chooses on test. [default: val_acc=0.98*best; test_acc=0.98*best for a study without a"
+    " validation split]",
 )
 
 
@@ -468,15 +470,18 @@ TARGET_OPTION = click.option(
 @STORE_OPTION
 @TARGET_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the recommendation as JSON.")
-def recommend_cmd(name: str, store: Path, target_text: str, as_json: bool) -> None:
+def recommend_cmd(name: str, store: Path, target_text: str | None, as_json: bool) -> None:
     """A short answer: best batch size and lr, fastest to the target, critical batch size,
-    the time/score (accuracy, R², ...) Pareto front, and the assumptions behind them."""
+    the time/score (accuracy, R², ...) Pareto front, and the assumptions behind them.
+
+    Every choice is made on the validation split and the test score is reported for the chosen
+    cell; a study without one chooses on test, and the answer says so first."""
     from batchlab.analysis.critical import Target
     from batchlab.analysis.recommend import recommend
 
-    target = Target.parse(target_text)
+    target = None if target_text is None else Target.parse(target_text)
     study = load_study(name, store)
-    rec = recommend(study, target, probes=study.probes_dataframe())
+    rec = recommend(study, target, probes=study.probes_dataframe())  # None: the default
     if as_json:
         click.echo(json.dumps(rec.to_dict(), indent=1, default=str))
         return
@@ -494,20 +499,29 @@ def recommend_cmd(name: str, store: Path, target_text: str, as_json: bool) -> No
 @click.option("--boot", default=1000, show_default=True, help="Bootstrap resamples (0: none).")
 @click.option("--json", "as_json", is_flag=True, help="Print the fit as JSON.")
 def critical_cmd(
-    name: str, store: Path, target_text: str, variant: str | None, boot: int, as_json: bool
+    name: str, store: Path, target_text: str | None, variant: str | None, boot: int, as_json: bool
 ) -> None:
     """Critical batch size: fit S(B) = S_min + E_min / B to the steps each batch size needs to
-    reach the target (McCandlish et al. 2018); B_crit = E_min / S_min."""
+    reach the target (McCandlish et al. 2018); B_crit = E_min / S_min. Each batch size's lr is
+    chosen on the target's split (validation by default)."""
     from batchlab.analysis.critical import Target, critical_batch_size, noise_scale_summary
 
+    target = None if target_text is None else Target.parse(target_text)
     study = load_study(name, store)
-    fit = critical_batch_size(study.trials, Target.parse(target_text), variant=variant, n_boot=boot)
+    fit = critical_batch_size(study.trials, target, variant=variant, n_boot=boot)
     chosen = [t for t in study.trials if str(t.params.get("variant", "")) == fit.variant]
     noise = noise_scale_summary(study.probes_dataframe(), chosen)
+    note = fit.selection.note(study.task, "The lr at each batch size is chosen")
     if as_json:
-        payload = {**fit.to_dict(), "noise_scale": None if noise is None else noise.to_dict()}
+        payload = {
+            **fit.to_dict(),
+            "selection": {**fit.selection.to_dict(), "note": note},
+            "noise_scale": None if noise is None else noise.to_dict(),
+        }
         click.echo(json.dumps(payload, indent=1, default=str))
         return
+    if note:
+        click.echo(note)
     table = Table(title=f"{name}: steps to {fit.target.describe()} (= {fit.threshold:.4g})")
     for col in ("batch size", "lr", "seeds", "steps S", "samples E", "fit S", "time (s)"):
         table.add_column(col, justify="right")

@@ -22,8 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from batchlab.batch import Inputs
 from batchlab.data import Dataset
 from batchlab.data.rows import Rows
+from batchlab.errors import DataError
 from batchlab.models import build_model
 from batchlab.plan import TrialPlan
 from batchlab.probes import ProbeContext, ProbeRecord, ProbeSuite, probe_generator
@@ -125,7 +127,7 @@ def evaluate(model: nn.Module, rows: Rows, batch: int, task: Task) -> tuple[floa
     units: int | torch.Tensor = 0
     stats: torch.Tensor | None = None
     for xc, yc in rows.chunks(batch):
-        out = model(xc)
+        out = task.forward(model, xc)
         part = task.sum_loss(out, yc).double()
         loss = part if loss is None else loss + part
         units = units + task.units(yc)
@@ -258,6 +260,10 @@ class _Trial:
             else None
         )
         probe_x, probe_y = data.train.head(len(data.train) if data.in_memory else PROBE_POOL)
+        if isinstance(probe_x, dict):  # `prepare` refuses probes on dict batches up front
+            if self.suite is not None:
+                raise DataError("probes: dict batches cannot be probed yet; remove probes")
+            probe_x = probe_y  # never read: no probe runs
         self.ctx = ProbeContext(
             model=self.model,
             loss_fn=self.task.mean_loss,
@@ -302,7 +308,7 @@ class _Trial:
     def exhausted(self) -> bool:
         return self.plan.exhausted(step=self.step, samples=self.samples, train_time=self.train_time)
 
-    def train_step(self, xb: torch.Tensor, yb: torch.Tensor, window: _Window) -> None:
+    def train_step(self, xb: Inputs, yb: torch.Tensor, window: _Window) -> None:
         """One update on (xb, yb), with the probes due at it (their time kept out of training)."""
         suite, nxt = self.suite, self.step + 1
         due = suite is not None and suite.due(nxt)

@@ -18,10 +18,11 @@ from typing import Any, Protocol
 
 import torch
 
+from batchlab import batch
 from batchlab._version import __version__
 from batchlab.data import Dataset, load_dataset
 from batchlab.engine import Progress, resolve_device
-from batchlab.errors import SpecError
+from batchlab.errors import DataError, SpecError
 from batchlab.models import build_model
 from batchlab.spec import StudySpec, TrialSpec
 from batchlab.trial import TrialState
@@ -87,21 +88,46 @@ def prepare(spec: StudySpec, *, data_dir: Path | None = None) -> PreparedStudy:
             f"batch_sizes: {too_big} exceed the {data.n_train} training examples;"
             f" use batch sizes <= {data.n_train}"
         )
-    build_model(
-        spec.model,
-        spec.model_args,
-        input_shape=data.input_shape,
-        num_classes=data.num_classes,
-        seed=0,
-    )
+    if any(v.probes for _, v in spec.resolved_variants()) and isinstance(
+        data.train.head(1)[0], dict
+    ):
+        raise SpecError("probes: dict batches cannot be probed yet; remove probes")
     try:
         device = resolve_device(spec.device)
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as err:
         raise SpecError(f"device: {spec.device!r} is not usable here ({err}); use cpu") from None
+    for _, variant in spec.resolved_variants():
+        preflight(variant, data, device)
     return PreparedStudy(
         spec=spec, data=data.to(device, budget_bytes=device_data_budget(device)), device=device
     )
+
+
+def preflight(spec: StudySpec, data: Dataset, device: torch.device) -> None:
+    """Build the model and push two training examples through it and the task's loss, on the
+    study's device, before any trial starts: a model whose outputs do not fit the task (logits
+    [B, V] for a language model, the wrong number of classes...) or that fails on the data is a
+    one-line error naming it, not a FAILED trial per grid cell. The RNG state is left as is."""
+    model = build_model(
+        spec.model,
+        spec.model_args,
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
+        seed=0,
+    ).to(device)
+    x, y = data.train.head(min(2, data.n_train))
+    x, y = batch.to(x, device), y.to(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        try:
+            data.task.mean_loss(data.task.forward(model, x), y)
+        except DataError as err:  # the task's own shape checks name the field already
+            raise SpecError(str(err)) from None
+        except Exception as err:
+            raise SpecError(
+                f"model: {spec.model} fails on a batch of {spec.dataset} "
+                f"({type(err).__name__}: {err}); check its input and output shapes"
+            ) from None
 
 
 DEVICE_DATA_SHARE = 0.5

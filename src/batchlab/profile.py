@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from batchlab.data import load_dataset
+from batchlab.data import load_dataset, tensor_rows
 from batchlab.engine import peak_memory_bytes, reset_peak_memory, resolve_device
 from batchlab.errors import SpecError
 from batchlab.models import build_model
@@ -355,7 +355,7 @@ def profile_hardware(
     ).to(dev)
     # Batches are drawn with replacement from the training rows (the first 4096 of a Dataset
     # read by index: a profile measures speed and memory, not learning).
-    x_all, y_all = data.train.head(len(data.train) if data.in_memory else 4096)
+    x_all, y_all = tensor_rows(data.train, len(data.train) if data.in_memory else 4096)
     x_all, y_all = x_all.to(dev), y_all.to(dev)
     example = x_all[:1]
     flops_per_sample = 6.0 * count_macs(net, example)

@@ -24,6 +24,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from batchlab import batch
+from batchlab.batch import Inputs
 from batchlab.fastpath import MLPStep
 from batchlab.tasks import Task
 from batchlab.tasks.classification import Classification
@@ -35,7 +37,7 @@ Units = int | torch.Tensor
 def backward_batch(
     model: nn.Module,
     task: Task,
-    xb: torch.Tensor,
+    xb: Inputs,
     yb: torch.Tensor,
     *,
     micro: int | None = None,
@@ -48,9 +50,9 @@ def backward_batch(
     """
     units = task.units(yb)  # examples, or tokens for a language model
     stats: torch.Tensor | None = None
-    size = micro if micro is not None else max(1, int(xb.shape[0]))
-    for xm, ym in zip(torch.split(xb, size), torch.split(yb, size), strict=True):
-        out = model(xm)
+    size = micro if micro is not None else max(1, int(yb.shape[0]))
+    for xm, ym in zip(batch.split(xb, size), torch.split(yb, size), strict=True):
+        out = task.forward(model, xm)
         loss = task.micro_loss(out, ym, units)
         loss.backward()  # type: ignore[no-untyped-call]
         if loss_sum is not None:
@@ -137,7 +139,7 @@ class Step(Protocol):
     between `backward` and `update` (what a probe reading gradients needs)."""
 
     def backward(
-        self, xb: torch.Tensor, yb: torch.Tensor, loss_sum: torch.Tensor
+        self, xb: Inputs, yb: torch.Tensor, loss_sum: torch.Tensor
     ) -> tuple[torch.Tensor, Units]:
         """The batch's gradient; adds its summed loss to `loss_sum`; returns the task's score
         statistics and the batch's units."""
@@ -166,7 +168,7 @@ class AutogradStep:
         self.fast_sgd = type(optimizer) is torch.optim.SGD
 
     def backward(
-        self, xb: torch.Tensor, yb: torch.Tensor, loss_sum: torch.Tensor
+        self, xb: Inputs, yb: torch.Tensor, loss_sum: torch.Tensor
     ) -> tuple[torch.Tensor, Units]:
         self.optimizer.zero_grad(set_to_none=True)
         return backward_batch(self.model, self.task, xb, yb, micro=self.micro, loss_sum=loss_sum)
@@ -199,8 +201,9 @@ class FastMLPStep:
         )
 
     def backward(
-        self, xb: torch.Tensor, yb: torch.Tensor, loss_sum: torch.Tensor
+        self, xb: Inputs, yb: torch.Tensor, loss_sum: torch.Tensor
     ) -> tuple[torch.Tensor, Units]:
+        assert isinstance(xb, torch.Tensor)  # `supports`: the built-in MLP takes a tensor
         loss, correct = self.step(xb, yb)  # the update is applied here already
         bs = int(xb.shape[0])
         loss_sum.add_(loss, alpha=bs)

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from batchlab.adaptive import run_adaptive
+from batchlab.data import tensor_rows
 from batchlab.engine import (
     Checkpoint,
     Outcome,
@@ -206,7 +207,7 @@ def interpolate_trials(
         model,
         wa,
         wb,
-        *data.train.head(max_examples),
+        *tensor_rows(data.train, max_examples),
         alphas=alphas,
         task=data.task,
     )
@@ -214,7 +215,7 @@ def interpolate_trials(
         model,
         wa,
         wb,
-        *data.test.head(max_examples),
+        *tensor_rows(data.test, max_examples),
         alphas=alphas,
         task=data.task,
     )

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pandas as pd
@@ -328,3 +328,60 @@ def test_report_figure_extracts_the_fit_and_renders() -> None:
     assert len(FIGURE.render_plotly(data, palette).data) >= 3
     growing = _Study([linear_trial(b, 100.0 + b) for b in BATCHES])  # S grows with B: no fit
     assert FIGURE.extract([growing]) is None
+
+
+# ---- the lr at each batch size is chosen on the target's split (validation by default) ---------
+
+
+def split_trial(b: int, s_val: float, s_test: float, *, lr: float, val: bool = True) -> FrozenTrial:
+    """val_acc and test_acc rise as level 0.9 * step / s_* (capped at 1): 0.9 is met on
+    validation at step s_val and on test at s_test (`val=False`: no validation split)."""
+    spacing = max(s_val, s_test) / 3.7
+    evals = tuple(
+        replace(
+            ev(i, s, b, min(1.0, 0.9 * s / s_test)),
+            val_acc=min(1.0, 0.9 * s / s_val) if val else math.nan,
+        )
+        for i, s in enumerate(round(i * spacing) for i in range(7))
+    )
+    return trial(b, evals, lr=lr)
+
+
+def disagreeing(val: bool = True) -> list[FrozenTrial]:
+    """lr 0.1 is the faster on validation at every batch size, lr 0.3 the faster on test."""
+    return [
+        split_trial(b, model_steps(b) * sv, model_steps(b) * st, lr=lr, val=val)
+        for b in BATCHES
+        for lr, sv, st in ((0.1, 1.0, 2.0), (0.3, 1.3, 0.5))
+    ]
+
+
+def test_each_batch_size_takes_the_lr_fastest_on_validation() -> None:
+    fit = critical_batch_size(disagreeing(), n_boot=0)  # the default target: on validation
+    assert fit.target.metric == "val_acc"
+    assert [p.lr_base for p in fit.points] == [0.1] * len(BATCHES)
+    assert fit.selection.split == "val" and fit.to_dict()["selection"]["on_test"] is False
+    exact = critical_batch_size(
+        disagreeing(), Target(metric="val_acc", value=0.9, fraction=None), n_boot=0
+    )
+    assert exact.b_crit == pytest.approx(64.0, rel=1e-6)
+
+
+def test_a_test_target_chooses_the_lr_on_test_and_says_so() -> None:
+    target = Target(metric="test_acc", value=0.9, fraction=None)
+    fit = critical_batch_size(disagreeing(), target, n_boot=0)
+    assert [p.lr_base for p in fit.points] == [0.3] * len(BATCHES)
+    assert fit.selection.on_test and fit.selection.why == "test target"
+    assert fit.to_dict()["selection"] == {
+        "split": "test",
+        "metric": "test_acc",
+        "on_test": True,
+        "why": "test target",
+    }
+
+
+def test_without_a_validation_split_the_default_target_is_on_test_and_says_so() -> None:
+    fit = critical_batch_size(disagreeing(val=False), n_boot=0)
+    assert fit.target.metric == "test_acc"
+    assert [p.lr_base for p in fit.points] == [0.3] * len(BATCHES)
+    assert fit.selection.on_test and fit.selection.why == "no validation split"

@@ -96,6 +96,32 @@ def test_cells_take_the_worst_seed_and_bands_pick_by_validation() -> None:
     assert b2.width_decades == pytest.approx(2.0) and b64.width_decades == 0.0
 
 
+def scored(b: int, lr: float, val: float, test: float) -> FrozenTrial:
+    """A converged trial whose final validation and test scores are `val` and `test`."""
+    t = tr(b, lr, TrialState.COMPLETE)
+    return replace(t, evals=tuple(replace(e, val_acc=val, test_acc=test) for e in t.evals))
+
+
+def test_the_best_lr_is_chosen_on_validation_and_reports_its_test_score() -> None:
+    trials = [
+        scored(8, 0.01, val=0.80, test=0.95),  # best on test
+        scored(8, 0.1, val=0.90, test=0.70),  # best on validation
+        scored(64, 0.01, val=0.85, test=0.60),  # a tie on validation: the smaller lr, not
+        scored(64, 0.1, val=0.85, test=0.99),  # the one better on test
+    ]
+    b8, b64 = bands(cells(trials))
+    assert (b8.best_lr, b8.best_val_acc, b8.best_test_acc) == (0.1, 0.90, 0.70)
+    assert (b64.best_lr, b64.best_test_acc) == (0.01, 0.60)
+    assert b8.selected_on == b64.selected_on == "val"
+
+
+def test_without_a_validation_split_the_best_lr_is_chosen_on_test_and_marked() -> None:
+    nan = math.nan
+    trials = [scored(8, 0.01, val=nan, test=0.95), scored(8, 0.1, val=nan, test=0.70)]
+    (b8,) = bands(cells(trials))
+    assert (b8.best_lr, b8.best_test_acc, b8.selected_on) == (0.01, 0.95, "test")
+
+
 @pytest.mark.slow
 def test_usable_band_shrinks_with_batch_size(make_spec: SpecFactory, store_path: Path) -> None:
     # Masters & Luschi: with a per-example lr (linear scaling from batch 1) the range of lrs that

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+import statistics
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +172,124 @@ def test_recommend_command_on_a_tiny_study(
         main(["recommend", "nope", "--store", str(store_path)])
     assert err.value.code == 2
     assert "no study named 'nope'" in capsys.readouterr().err
+
+
+# ---- every choice on validation, test reported for the chosen cell -----------------------------
+
+
+def split_trial(
+    b: int, lr: float, seed: int, val: float, test: float, total_time: float
+) -> FrozenTrial:
+    """Validation and test scores rise linearly from 0 at step 0 to `val` and `test` at step 100
+    (NaN `val`: no validation split)."""
+    evals = tuple(
+        replace(
+            ev(i, 25 * i, test * i / 4, total_time * i / 4),
+            val_acc=val * i / 4 if i else (math.nan if math.isnan(val) else 0.0),
+        )
+        for i in range(5)
+    )
+    return replace(trial(b, lr, seed, test, total_time), evals=evals)
+
+
+def disagreeing(val_split: bool = True) -> FakeStudy:
+    """B=8 is best on validation (0.90 vs 0.80), B=64 on test (0.95 vs 0.80); B=64 is faster."""
+    nan = math.nan
+    return FakeStudy(
+        [
+            split_trial(8, 0.1, 0, 0.89 if val_split else nan, 0.79, 20.0),
+            split_trial(8, 0.1, 1, 0.91 if val_split else nan, 0.81, 20.0),
+            split_trial(64, 0.1, 0, 0.80 if val_split else nan, 0.95, 4.0),
+            split_trial(64, 0.1, 1, 0.80 if val_split else nan, 0.95, 4.0),
+        ]
+    )
+
+
+def test_best_is_chosen_on_validation_and_its_test_score_is_reported() -> None:
+    rec = recommend(disagreeing(), n_boot=0)
+    assert rec.best.batch_size == 8  # the test-best is 64
+    assert rec.best.val_acc == pytest.approx(0.90)
+    assert rec.best.test_acc == pytest.approx(0.80)  # the chosen cell's test, not the best test
+    assert rec.runner_up is not None and rec.runner_up.batch_size == 64
+    assert rec.lead == pytest.approx(0.10)  # on validation: 0.90 - 0.80
+    assert rec.spread == pytest.approx(statistics.stdev([0.89, 0.91]))  # 64's seeds agree
+    # on validation B=64 is faster but worse, so both are on the front (on test 64 dominates 8)
+    assert [c.batch_size for c in rec.pareto] == [64, 8]
+    assert not rec.selection.on_test and rec.selection_notes() == []
+    assert rec.target.startswith("val_acc")  # the default target is on validation
+    text = rec.lines()
+    assert text[0].startswith("Best final test accuracy: B=8")
+    assert text[1] == (
+        "  Chosen on validation accuracy (90.00% ± 1.41); the test accuracy is reported for"
+        " this cell, not tuned on."
+    )
+    assert "Cells are chosen on the final validation accuracy" in rec.assumptions[2]
+    payload = json.loads(json.dumps(rec.to_dict()))
+    assert payload["best"]["batch_size"] == 8 and payload["best"]["test_acc"] == pytest.approx(0.8)
+    assert payload["selection"] == {
+        "split": "val",
+        "metric": "val_acc",
+        "on_test": False,
+        "why": "",
+        "target_split": "val",
+        "target_on_test": False,
+        "notes": [],
+    }
+
+
+def test_fastest_ties_are_broken_on_validation() -> None:
+    # both cells meet the target at their first evaluation (time 0): the one better on
+    # validation (worse on test) is the fastest
+    trials = [
+        split_trial(8, 0.1, 0, 0.90, 0.80, 4.0),
+        split_trial(64, 0.1, 0, 0.80, 0.95, 4.0),
+    ]
+    rec = recommend(FakeStudy(trials), Target(metric="val_acc", value=0.0, fraction=None), n_boot=0)
+    assert rec.fastest is not None and rec.fastest.time_to_target_s == 0.0
+    assert rec.fastest.batch_size == 8
+
+
+def test_a_target_on_test_is_reached_on_test_and_says_so() -> None:
+    study = disagreeing()
+    on_val = recommend(study, Target(metric="val_acc", value=0.85, fraction=None), n_boot=0)
+    assert on_val.fastest is not None and on_val.fastest.batch_size == 8  # 64 never gets 0.85
+    rec = recommend(study, Target(metric="test_acc", value=0.85, fraction=None), n_boot=0)
+    assert rec.fastest is not None and rec.fastest.batch_size == 64  # 8 never gets 0.85 on test
+    assert rec.best.batch_size == 8  # the best is still chosen on validation
+    assert rec.target_selection.on_test and not rec.selection.on_test
+    note = "The fastest cell and B_crit's lr per batch size are chosen on test: the target names"
+    assert rec.selection_notes() == [f"{note} test_acc."]
+    assert rec.parts()[0] == ("selection", [f"{note} test_acc."])
+    sel = rec.to_dict()["selection"]
+    assert (sel["split"], sel["target_split"], sel["target_on_test"]) == ("val", "test", True)
+
+
+def test_without_a_validation_split_the_choice_is_on_test_and_says_so() -> None:
+    rec = recommend(disagreeing(val_split=False), n_boot=0)
+    assert rec.best.batch_size == 64 and rec.best.test_acc == pytest.approx(0.95)
+    assert rec.target.startswith("test_acc")  # the default target falls back to test
+    assert rec.selection.on_test and rec.selection.why == "no validation split"
+    note = (
+        "Cells are chosen on test accuracy: no validation split was kept (val_fraction = 0),"
+        " so the chosen cells' test numbers are optimistic."
+    )
+    assert rec.selection_notes() == [note]  # one line, also covering the target
+    lines = rec.lines()
+    assert lines[0] == note
+    assert (
+        lines[2]
+        == "  Chosen on test accuracy (no validation split), so this test number is optimistic."
+    )
+    assert "no validation split" in rec.assumptions[2]
+    sel = rec.to_dict()["selection"]
+    assert sel["on_test"] is True and sel["target_on_test"] is True and sel["notes"] == [note]
+    assert [c.batch_size for c in rec.pareto] == [64]  # on test 64 is faster and better
+
+
+def test_pareto_front_ranks_on_validation_when_the_cells_have_it() -> None:
+    cells = [
+        replace(cell(8, 10.0, 0.80), val_acc=0.95),
+        replace(cell(16, 6.0, 0.91), val_acc=0.90),
+    ]
+    assert [c.batch_size for c in pareto_front(cells)] == [16, 8]
+    assert [c.batch_size for c in pareto_front(cells, "test")] == [16]

@@ -35,6 +35,8 @@ def test_train_subset_and_its_bound() -> None:
 def test_synthetic_is_seeded_and_learnable(kind: str) -> None:
     a = make_synthetic(kind=kind, n_train=500, dim=5, classes=3, seed=3)
     b = make_synthetic(kind=kind, n_train=500, dim=5, classes=3, seed=3)
+    assert isinstance(a.x_train, torch.Tensor) and isinstance(b.x_train, torch.Tensor)
+    assert isinstance(a.x_test, torch.Tensor)
     assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_train, b.y_train)
     counts = torch.bincount(a.y_train, minlength=3)
     assert counts.min() > 0  # every class present

@@ -57,7 +57,10 @@ def record(
     train_time_s: float = 0.0,
     samples_per_s: float = math.nan,
     peak_mem_bytes: int = 0,
+    val_acc: float | None = None,
 ) -> EvalRecord:
+    """An evaluation; the validation score is the test score unless `val_acc` is given (NaN: a
+    study with no validation split)."""
     return EvalRecord(
         idx=idx,
         epoch=epoch,
@@ -67,7 +70,7 @@ def record(
         train_loss=train_loss,
         train_acc=train_acc,
         val_loss=test_loss,
-        val_acc=test_acc,
+        val_acc=test_acc if val_acc is None else val_acc,
         test_loss=test_loss,
         test_acc=test_acc,
         full_train_loss=full_train_loss,
@@ -119,14 +122,25 @@ def final_only(
     ]
 
 
-def curve(batch_size: int, final_acc: float, *, epochs: int = 4, seed: int = 0) -> list[EvalRecord]:
-    """An epoch-budget run: one evaluation per epoch, smaller batches more updates and slower."""
+def curve(
+    batch_size: int,
+    final_acc: float,
+    *,
+    epochs: int = 4,
+    seed: int = 0,
+    final_val: float | None = None,
+) -> list[EvalRecord]:
+    """An epoch-budget run: one evaluation per epoch, smaller batches more updates and slower.
+
+    The validation score follows the test score, or rises the same way to `final_val` when given
+    (NaN: no validation split)."""
     per_epoch = math.ceil(N_TRAIN / batch_size)
     speed = 4000.0 * batch_size / (batch_size + 64)  # samples/s, saturating with batch size
     out = []
     for e in range(epochs + 1):
         frac = (1 - math.exp(-1.5 * e)) / (1 - math.exp(-1.5 * epochs))
         acc = 0.1 + (final_acc - 0.1) * frac + 0.002 * seed
+        val = None if final_val is None else 0.1 + (final_val - 0.1) * frac + 0.002 * seed
         last = e in (0, epochs)
         out.append(
             record(
@@ -143,6 +157,7 @@ def curve(batch_size: int, final_acc: float, *, epochs: int = 4, seed: int = 0) 
                 train_time_s=e * N_TRAIN / speed,
                 samples_per_s=math.nan if e == 0 else speed,
                 peak_mem_bytes=50_000_000 + 20_000 * batch_size,
+                val_acc=val,
             )
         )
     return out
@@ -157,8 +172,10 @@ def grid_study(
     acc: Callable[[int, float], float] = lambda b, lr: 0.9 - 0.02 * abs(math.log2(b / 32)),
     diverged: Callable[[int, float], bool] = lambda b, lr: False,
     spec: FakeSpec | None = None,
+    val: Callable[[int, float], float] | None = None,
 ) -> FakeStudy:
-    """A full grid whose final accuracy is `acc(b, lr)` (seed s adds 0.002 s)."""
+    """A full grid whose final accuracy is `acc(b, lr)` (seed s adds 0.002 s); its final
+    validation score is `val(b, lr)` when given (NaN: no validation split), else the same."""
     trials: list[FrozenTrial] = []
     for lr in lr_bases:
         for b in batch_sizes:
@@ -181,7 +198,9 @@ def grid_study(
                         batch_size=b,
                         lr_base=lr,
                         seed=s,
-                        evals=curve(b, acc(b, lr), seed=s),
+                        evals=curve(
+                            b, acc(b, lr), seed=s, final_val=None if val is None else val(b, lr)
+                        ),
                     )
                 trials.append(t)
     return FakeStudy(name=name, spec=spec or FakeSpec(), trials=trials)

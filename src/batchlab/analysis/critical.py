@@ -12,6 +12,9 @@ Rules (see docs/critical-batch-size.md):
 - A (batch size, lr) cell counts only when every one of its trials is COMPLETE and reached the
   target; its S, E and time are means over seeds. Each batch size uses the counting lr with the
   fewest mean steps. Control trials are left out.
+- That choice of lr is made on the target's split: the default target is on validation (on test
+  only when the study kept no validation split); a target naming a test metric chooses on test,
+  and `CriticalFit.selection` says so.
 - Confidence intervals: resample each cell's seeds with replacement, re-pick the best lr, refit;
   95% percentile interval, fixed RNG seed.
 """
@@ -28,6 +31,7 @@ from typing import Any, Literal, cast
 import numpy as np
 import pandas as pd
 
+from batchlab.analysis.selection import Selection
 from batchlab.errors import BatchlabError
 from batchlab.trial import EvalRecord, FrozenTrial, TrialState
 
@@ -229,6 +233,7 @@ class CriticalFit:
     n_boot: int = 0
     boot_failed: int = 0  # resamples whose refit had a non-positive S_min or E_min (or < 2 B)
     ci_note: str = ""
+    selection: Selection = field(default_factory=Selection)  # the split choosing each B's lr
 
     @property
     def b_crit(self) -> float:
@@ -281,6 +286,7 @@ class CriticalFit:
             "n_boot": self.n_boot,
             "boot_failed": self.boot_failed,
             "ci_note": self.ci_note,
+            "selection": self.selection.to_dict(),
             "unreached_batch_sizes": list(self.unreached),
             "points": [p.__dict__ for p in self.points],
         }
@@ -376,8 +382,12 @@ def critical_batch_size(
     n_boot: int = 1000,
     seed: int = 0,
 ) -> CriticalFit:
-    """Fit S(B) = S_min + E_min / B to the trials' steps-to-target; see the module docstring."""
-    target = target or Target()
+    """Fit S(B) = S_min + E_min / B to the trials' steps-to-target; see the module docstring.
+
+    Without a `target`: 0.98 of the best validation score (of the test score when no validation
+    split was kept)."""
+    trials = list(trials)
+    target = target or default_target(trials)
     variant, chosen = select_trials(trials, variant)
     done = [t for t in chosen if t.state is TrialState.COMPLETE]
     if not done:
@@ -418,6 +428,7 @@ def critical_batch_size(
         s_min=s_min,
         e_min=e_min,
         r2=r2,
+        selection=Selection.of_metric(target.metric, Selection.of(done)),
     )
     return _bootstrap(fit, cells, n_boot=n_boot, seed=seed)
 

@@ -7,8 +7,9 @@ whose final full-training-set score (`*_acc`: the task's accuracy, R², ...) is 
 prediction, whose loss can still fall a little below a poor initial one), is "unstable";
 anything else is "converged". A cell (variant, batch size, lr) takes the worst status over its
 seeds. The usable band at a batch size is the range of lrs whose cells converged; the best lr is
-the converged one with the highest mean validation score (the test score is reported, not used
-to choose).
+the converged one with the highest mean validation score (ties: the smaller lr); the test score is
+reported for it, never used to choose. A grid with no validation score (val_fraction = 0) chooses
+on the test score, and its bands say so (`Band.selected_on`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from batchlab.analysis.selection import Split
 from batchlab.trial import FrozenTrial, TrialState
 
 Status = Literal["converged", "unstable", "diverged", "failed", "pending"]
@@ -68,6 +70,8 @@ class Band:
     tried: int
     best_lr: float | None
     best_test_acc: float
+    best_val_acc: float = math.nan
+    selected_on: Split = "val"  # "test" only when the grid has no validation score
 
     @property
     def width_decades(self) -> float:
@@ -104,18 +108,21 @@ def cells(trials: Iterable[FrozenTrial]) -> list[Cell]:
 
 
 def bands(grid: Iterable[Cell]) -> list[Band]:
-    """The usable band and best lr at every (variant, batch size)."""
+    """The usable band and best lr at every (variant, batch size): best by validation score, by
+    test score only when no converged cell has a validation score."""
+    grid = list(grid)
+    on: Split = "val" if any(math.isfinite(c.val_acc) for c in grid) else "test"
     by_batch: dict[tuple[str, int], list[Cell]] = {}
     for c in grid:
         by_batch.setdefault((c.variant, c.batch_size), []).append(c)
+
+    def score(c: Cell) -> tuple[float, float]:
+        v = c.val_acc if on == "val" else c.test_acc
+        return (v if math.isfinite(v) else -math.inf, -c.lr_base)  # ties: the smaller lr
+
     out = []
     for (variant, b), cs in sorted(by_batch.items()):
         good = [c for c in cs if c.status == "converged"]
-
-        def score(c: Cell) -> tuple[float, float]:
-            val = c.val_acc if math.isfinite(c.val_acc) else c.test_acc
-            return (val, c.test_acc)
-
         best = max(good, key=score) if good else None
         out.append(
             Band(
@@ -127,6 +134,8 @@ def bands(grid: Iterable[Cell]) -> list[Band]:
                 tried=len(cs),
                 best_lr=best.lr_base if best else None,
                 best_test_acc=best.test_acc if best else math.nan,
+                best_val_acc=best.val_acc if best else math.nan,
+                selected_on=on,
             )
         )
     return out

@@ -4,16 +4,20 @@ Rules (see docs/critical-batch-size.md):
 - A cell is (variant, batch size, lr_base) over seeds; control trials are left out. A cell is
   eligible when every one of its trials is COMPLETE (a diverged or failed seed disqualifies the
   lr rather than being averaged away).
-- Best: the eligible cell with the highest mean final test score (the stored `test_acc`: the
-  task's accuracy, R² or token accuracy). Its lead over the runner-up "exceeds the seed spread"
-  when it is larger than `seed_spread` of the two cells: the sum of their sample standard
-  deviations over seeds (the report's findings use the same rule); with one seed per cell that
-  cannot be told (None).
+- Every choice is made on the validation split (`batchlab.analysis.selection`): cells are ranked
+  by their mean final validation score (`val_acc`: the task's accuracy, R² or token accuracy) and
+  the test score (`test_acc`) is reported for the chosen cells only. A study without a validation
+  split is ranked on test, and the recommendation says so (`Selection.note`).
+- Best: the eligible cell with the highest mean final validation score (ties: the faster). Its
+  lead over the runner-up "exceeds the seed spread" when it is larger than `seed_spread` of the
+  two cells' validation scores: the sum of their sample standard deviations over seeds (the
+  report's findings use the same rule); with one seed per cell that cannot be told (None).
 - Fastest: the eligible cell whose seeds all reach the target with the least mean training time
-  to it (interpolated, evaluation excluded).
+  to it (interpolated, evaluation excluded). The default target is on validation; a target on a
+  test metric chooses on test, and that is said.
 - Pareto front over eligible cells: mean final training time (lower is better) against mean final
-  test score (higher is better); a cell is on it when no other cell is at least as good on both
-  and better on one.
+  validation score (higher is better); a cell is on it when no other cell is at least as good on
+  both and better on one.
 """
 
 from __future__ import annotations
@@ -32,9 +36,11 @@ from batchlab.analysis.critical import (
     NoiseScale,
     Target,
     critical_batch_size,
+    default_target,
     noise_scale_summary,
     reach,
 )
+from batchlab.analysis.selection import Selection, Split
 from batchlab.errors import BatchlabError
 from batchlab.tasks.base import TaskInfo
 from batchlab.trial import FrozenTrial, TrialState
@@ -94,6 +100,15 @@ class CellSummary:
     time_to_target_s: float  # NaN unless every seed reached the target
     reached: int  # seeds that reached the target
     test_loss: float = math.nan  # mean over seeds of the final test loss
+    val_acc: float = math.nan  # mean over seeds of the final validation score (ranks cells)
+    val_acc_std: float = math.nan
+
+    def score(self, split: Split) -> float:
+        """The mean final score on `split` ("val" ranks cells, "test" is reported)."""
+        return self.val_acc if split == "val" else self.test_acc
+
+    def score_std(self, split: Split) -> float:
+        return self.val_acc_std if split == "val" else self.test_acc_std
 
     def label(self) -> str:
         v = f"{self.variant}: " if self.variant else ""
@@ -118,6 +133,19 @@ class Recommendation:
     excluded: int  # cells left out because a seed is not COMPLETE
     assumptions: tuple[str, ...] = field(default_factory=tuple)
     task: TaskInfo = field(default_factory=TaskInfo)  # names and formats the score
+    selection: Selection = field(default_factory=Selection)  # ranks best, runner-up, Pareto
+    target_selection: Selection = field(default_factory=Selection)  # fastest, B_crit's lrs
+
+    def selection_notes(self) -> list[str]:
+        """One line for each choice made on test (none when every choice is on validation)."""
+        notes = [self.selection.note(self.task)]
+        if self.target_selection.on_test and self.target_selection != self.selection:
+            notes.append(
+                self.target_selection.note(
+                    self.task, "The fastest cell and B_crit's lr per batch size are chosen"
+                )
+            )
+        return [n for n in notes if n]
 
     def to_dict(self) -> dict[str, Any]:
         def cell(c: CellSummary | None) -> dict[str, Any] | None:
@@ -141,6 +169,12 @@ class Recommendation:
             "excluded_cells": self.excluded,
             "assumptions": list(self.assumptions),
             "task": self.task.as_dict(),
+            "selection": {
+                **self.selection.to_dict(),
+                "target_split": self.target_selection.split,
+                "target_on_test": self.target_selection.on_test,
+                "notes": self.selection_notes(),
+            },
         }
 
     @property
@@ -153,15 +187,24 @@ class Recommendation:
     def parts(self) -> list[tuple[str, list[str]]]:
         """The recommendation as (topic, sentences) pairs, in reading order.
 
-        Topics: "best", "fastest", "critical", "noise" (only when probed), "pareto",
-        "assumptions". The first sentence of each states the answer; later ones qualify it.
+        Topics: "selection" (only when a choice is made on test), "best", "fastest", "critical",
+        "noise" (only when probed), "pareto", "assumptions". The first sentence of each states
+        the answer; later ones qualify it.
         """
-        b, task = self.best, self.task
+        b, task, sel = self.best, self.task, self.selection
         loss = task.loss_text(b.test_loss)  # "" for classification
         best = [
             f"Best final test {task.score_label}: {b.label()}:"
             f" {task.format_score_mean_std(b.test_acc, b.test_acc_std)} over {b.seeds} seed(s)"
-            + (f"; {loss}." if loss else ".")
+            + (f"; {loss}." if loss else "."),
+            (
+                f"Chosen on test {task.score_label} (no validation split), so this test number"
+                " is optimistic."
+                if sel.on_test
+                else f"Chosen on {sel.name(task)}"
+                f" ({task.format_score_mean_std(b.val_acc, b.val_acc_std)}); the test"
+                f" {task.score_label} is reported for this cell, not tuned on."
+            ),
         ]
         if self.runner_up is None:
             best.append("No runner-up to compare with (one eligible cell).")
@@ -173,10 +216,12 @@ class Recommendation:
                 False: f"within the seed spread ({spread}): a tie",
             }[self.lead_exceeds_spread]
             best.append(
-                f"Lead over the runner-up ({self.runner_up.label()}):"
+                f"Lead over the runner-up ({self.runner_up.label()}) on {sel.name(task)}:"
                 f" {task.format_score_diff(self.lead, unit='points')}, {verdict}."
             )
-        out: list[tuple[str, list[str]]] = [("best", best)]
+        notes = self.selection_notes()
+        out: list[tuple[str, list[str]]] = [("selection", notes)] if notes else []
+        out.append(("best", best))
         target = f"{self.target} (= {self.threshold:.4g})"
         if self.fastest is None:
             out.append(("fastest", [f"Fastest to {target}: no cell reached it with every seed."]))
@@ -232,11 +277,15 @@ class Recommendation:
                 )
             out.append(("noise", noise))
         front = "; ".join(
-            f"B={c.batch_size}, lr={c.lr:.3g}: {c.train_time_s:.3g} s,"
-            f" {task.format_score(c.test_acc)}"
+            f"B={c.batch_size}, lr={c.lr:.3g}: {c.train_time_s:.3g} s, "
+            + (
+                task.format_score(c.test_acc)
+                if sel.on_test
+                else f"{task.format_score(c.val_acc)} (test {task.format_score(c.test_acc)})"
+            )
             for c in self.pareto
         )
-        pareto = [f"Pareto front (training time vs final test {task.score_label}): {front}."]
+        pareto = [f"Pareto front (training time vs final {sel.name(task)}): {front}."]
         if self.excluded:
             pareto.append(f"{self.excluded} cell(s) left out: a seed did not COMPLETE.")
         out.append(("pareto", pareto))
@@ -260,7 +309,8 @@ def _order_of_magnitude(ratio: float) -> str:
 
 
 def _stdev(xs: Sequence[float]) -> float:
-    return statistics.stdev(xs) if len(xs) > 1 else math.nan
+    """Sample std; NaN with one value or a NaN among them (no validation split)."""
+    return statistics.stdev(xs) if len(xs) > 1 and all(map(math.isfinite, xs)) else math.nan
 
 
 def summarize_cells(
@@ -278,6 +328,7 @@ def summarize_cells(
             excluded += 1
             continue
         accs = [t.evals[-1].test_acc for t in ts]
+        vals = [t.evals[-1].val_acc for t in ts]
         reaches = [reach(t, target, threshold) for t in ts]
         done = all(r.reached for r in reaches)
         cells.append(
@@ -295,35 +346,64 @@ def summarize_cells(
                 ),
                 reached=sum(r.reached for r in reaches),
                 test_loss=statistics.fmean(t.evals[-1].test_loss for t in ts),
+                val_acc=statistics.fmean(vals),
+                val_acc_std=_stdev(vals),
             )
         )
     return cells, excluded
 
 
-def pareto_front(cells: Sequence[CellSummary]) -> list[CellSummary]:
-    """Cells not dominated in (lower training time, higher test score), fastest first."""
-    ok = [c for c in cells if math.isfinite(c.train_time_s) and math.isfinite(c.test_acc)]
+def _cells_split(cells: Sequence[CellSummary]) -> Split:
+    """The split that ranks these cells: validation when any has a validation score."""
+    return "val" if any(math.isfinite(c.val_acc) for c in cells) else "test"
+
+
+def _rank(c: CellSummary, split: Split) -> float:
+    """The score that ranks a cell; a cell without one ranks last."""
+    v = c.score(split)
+    return v if math.isfinite(v) else -math.inf
+
+
+def pareto_front(cells: Sequence[CellSummary], split: Split | None = None) -> list[CellSummary]:
+    """Cells not dominated in (lower training time, higher score on `split`: by default the
+    validation score, the test score when no cell has one), fastest first."""
+    on = split or _cells_split(cells)
+    ok = [c for c in cells if math.isfinite(c.train_time_s) and math.isfinite(c.score(on))]
 
     def dominates(a: CellSummary, b: CellSummary) -> bool:
         return (
             a.train_time_s <= b.train_time_s
-            and a.test_acc >= b.test_acc
-            and (a.train_time_s < b.train_time_s or a.test_acc > b.test_acc)
+            and a.score(on) >= b.score(on)
+            and (a.train_time_s < b.train_time_s or a.score(on) > b.score(on))
         )
 
     front = [c for c in ok if not any(dominates(o, c) for o in ok)]
-    return sorted(front, key=lambda c: (c.train_time_s, -c.test_acc))
+    return sorted(front, key=lambda c: (c.train_time_s, -c.score(on)))
 
 
-def assumptions(study: StudyLike) -> tuple[str, ...]:
+def assumptions(
+    study: StudyLike, selection: Selection | None = None, target: Target | None = None
+) -> tuple[str, ...]:
     spec, task = study.spec, TaskInfo.of(study)
+    selection = selection or Selection.of(study.trials)
+    metric = (target or default_target(study.trials)).metric
+    if selection.on_test:
+        chosen = (
+            f"With no validation split, cells are chosen on the final test {task.score_label},"
+            " so the test numbers of the chosen cells are optimistic;"
+        )
+    else:
+        chosen = (
+            f"Cells are chosen on the final validation {task.score_label}; the final test"
+            f" {task.score_label} is reported for the chosen cells, not tuned on;"
+        )
     return (
         f"Every trial got the same budget ({spec.budget.kind} = {spec.budget.value:g}),"
         " so results compare batch sizes at equal " + spec.budget.kind + ".",
         f"Learning rates follow the {spec.lr_scaling!r} scaling rule from lr_base at reference"
         f" batch size {spec.reference_batch_size}.",
-        f"Final test {task.score_label} is reported, not tuned on; the target and the best lr"
-        " per batch size for B_crit use the target metric.",
+        f"{chosen} the target and the best lr per batch size for B_crit use the target metric"
+        f" ({metric}).",
     )
 
 
@@ -334,9 +414,14 @@ def recommend(
     probes: pd.DataFrame | None = None,
     n_boot: int = 1000,
 ) -> Recommendation:
-    """The recommendation for one study; `probes` (long form) adds the noise-scale comparison."""
-    target = target or Target()
+    """The recommendation for one study; `probes` (long form) adds the noise-scale comparison.
+
+    Without a `target`: 0.98 of the best validation score (of the test score when the study kept
+    no validation split)."""
     trials = list(study.trials)
+    target = target or default_target(trials)
+    selection = Selection.of(trials)
+    target_selection = Selection.of_metric(target.metric, selection)
     done = [t for t in trials if t.state is TrialState.COMPLETE and t.evals]
     if not done:
         raise RecommendError(f"recommend: study {study.name!r} has no COMPLETE trial yet")
@@ -355,14 +440,15 @@ def recommend(
         raise RecommendError(
             f"recommend: study {study.name!r} has no (batch size, lr) cell whose seeds all COMPLETE"
         )
-    ranked = sorted(cells, key=lambda c: (-c.test_acc, c.train_time_s))
+    on = selection.split
+    ranked = sorted(cells, key=lambda c: (-_rank(c, on), c.train_time_s))
     best = ranked[0]
     runner = ranked[1] if len(ranked) > 1 else None
-    lead = best.test_acc - runner.test_acc if runner else math.nan
-    spread = seed_spread(best.test_acc_std, runner.test_acc_std) if runner else math.nan
+    lead = best.score(on) - runner.score(on) if runner else math.nan
+    spread = seed_spread(best.score_std(on), runner.score_std(on)) if runner else math.nan
     exceeds = None if runner is None or math.isnan(spread) else lead > spread
     reached = [c for c in cells if math.isfinite(c.time_to_target_s)]
-    fastest = min(reached, key=lambda c: (c.time_to_target_s, -c.test_acc)) if reached else None
+    fastest = min(reached, key=lambda c: (c.time_to_target_s, -_rank(c, on))) if reached else None
     fit: CriticalFit | None = None
     reason = ""
     try:
@@ -386,8 +472,10 @@ def recommend(
         critical=fit,
         critical_reason=reason,
         noise=noise,
-        pareto=tuple(pareto_front(cells)),
+        pareto=tuple(pareto_front(cells, on)),
         excluded=excluded,
-        assumptions=assumptions(study),
+        assumptions=assumptions(study, selection, target),
         task=TaskInfo.of(study),
+        selection=selection,
+        target_selection=target_selection,
     )

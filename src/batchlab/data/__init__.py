@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from batchlab import batch
+from batchlab.batch import Inputs
 from batchlab.data.idx import read_idx
 from batchlab.data.rows import MappedRows, Rows, TensorRows, collate
 from batchlab.errors import DataError
@@ -23,7 +25,15 @@ from batchlab.plugins import resolve_callable
 from batchlab.tasks import Arrays, Task, resolve_task
 from batchlab.tasks.classification import Classification
 
-__all__ = ["Dataset", "RawData", "load_dataset", "load_raw", "resolve_callable", "split"]
+__all__ = [
+    "Dataset",
+    "RawData",
+    "load_dataset",
+    "load_raw",
+    "resolve_callable",
+    "split",
+    "tensor_rows",
+]
 
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IDX_FILES = {
@@ -39,9 +49,9 @@ class RawData:
     """Train and test arrays as a loader returns them, dtypes as given (the task converts them:
     float inputs and class indices for classification, token ids for a language model...)."""
 
-    x_train: torch.Tensor
+    x_train: Inputs
     y_train: torch.Tensor
-    x_test: torch.Tensor
+    x_test: Inputs
     y_test: torch.Tensor
 
     def arrays(self) -> Arrays:
@@ -80,11 +90,11 @@ class Dataset:
         cls,
         *,
         name: str,
-        x_train: torch.Tensor,
+        x_train: Inputs,
         y_train: torch.Tensor,
-        x_val: torch.Tensor,
+        x_val: Inputs,
         y_val: torch.Tensor,
-        x_test: torch.Tensor,
+        x_test: Inputs,
         y_test: torch.Tensor,
         num_classes: int,
         task: Task | None = None,
@@ -95,7 +105,7 @@ class Dataset:
             val=TensorRows(x_val, y_val),
             test=TensorRows(x_test, y_test),
             num_classes=num_classes,
-            input_shape=tuple(x_train.shape[1:]),
+            input_shape=batch.shape_of(x_train),
             task=task if task is not None else Classification(),
         )
 
@@ -118,9 +128,18 @@ class Dataset:
             )
         return rows
 
+    @staticmethod
+    def _tensor(x: Inputs) -> torch.Tensor:
+        if isinstance(x, dict):
+            raise DataError(
+                "this needs tensor inputs, and the data's batches are dicts of tensors; "
+                "give the inputs as one tensor"
+            )
+        return x
+
     @property
     def x_train(self) -> torch.Tensor:
-        return self._tensors(self.train).x
+        return self._tensor(self._tensors(self.train).x)
 
     @property
     def y_train(self) -> torch.Tensor:
@@ -128,7 +147,7 @@ class Dataset:
 
     @property
     def x_val(self) -> torch.Tensor:
-        return self._tensors(self.val).x
+        return self._tensor(self._tensors(self.val).x)
 
     @property
     def y_val(self) -> torch.Tensor:
@@ -136,7 +155,7 @@ class Dataset:
 
     @property
     def x_test(self) -> torch.Tensor:
-        return self._tensors(self.test).x
+        return self._tensor(self._tensors(self.test).x)
 
     @property
     def y_test(self) -> torch.Tensor:
@@ -176,14 +195,19 @@ def _as_raw(x_train: Any, y_train: Any, x_test: Any, y_test: Any, *, where: str)
         except (TypeError, ValueError) as err:
             raise DataError(f"{where}: cannot read an array ({err})") from None
 
-    return RawData(x_train=t(x_train), y_train=t(y_train), x_test=t(x_test), y_test=t(y_test))
+    def inputs(a: Any) -> Inputs:  # a dict of arrays is a dict batch (the model takes **x)
+        return {str(k): t(v) for k, v in a.items()} if isinstance(a, Mapping) else t(a)
+
+    return RawData(
+        x_train=inputs(x_train), y_train=t(y_train), x_test=inputs(x_test), y_test=t(y_test)
+    )
 
 
 def _standardize(raw: RawData) -> RawData:
     """Scale inputs by the training set's mean and std (computed, not hard-coded)."""
-    raw = replace(raw, x_train=raw.x_train.float(), x_test=raw.x_test.float())
-    mean, std = raw.x_train.mean(), raw.x_train.std().clamp_min(1e-8)
-    return replace(raw, x_train=(raw.x_train - mean) / std, x_test=(raw.x_test - mean) / std)
+    x_train, x_test = Dataset._tensor(raw.x_train).float(), Dataset._tensor(raw.x_test).float()
+    mean, std = x_train.mean(), x_train.std().clamp_min(1e-8)
+    return replace(raw, x_train=(x_train - mean) / std, x_test=(x_test - mean) / std)
 
 
 def idx_search_dirs(data_dir: Path | None, *, system: Path | None) -> list[Path]:
@@ -418,6 +442,17 @@ def load_raw(
     raise DataError(f"dataset: unknown dataset {name!r}; use one of {valid}")
 
 
+def tensor_rows(rows: Rows, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `n` rows as (inputs, targets) tensors, for code that needs tensor inputs
+    (probes, profiles, interpolation); a one-line error for dict batches."""
+    x, y = rows.head(n)
+    return Dataset._tensor(x), y
+
+
+def _contiguous(x: Inputs) -> Inputs:
+    return {k: v.contiguous() for k, v in x.items()} if isinstance(x, dict) else x.contiguous()
+
+
 def split_index(
     n: int, *, val_fraction: float, data_seed: int, train_subset: int | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -448,7 +483,7 @@ def split(
     `raw` must already be prepared for `task` (classification when None)."""
     task = task if task is not None else Classification()
     train_idx, val_idx = split_index(
-        int(raw.x_train.shape[0]),
+        int(raw.y_train.shape[0]),
         val_fraction=val_fraction,
         data_seed=data_seed,
         train_subset=train_subset,
@@ -456,11 +491,11 @@ def split(
     num_classes = task.output_size(raw.arrays())
     return Dataset.from_tensors(
         name=name,
-        x_train=raw.x_train[train_idx].contiguous(),
+        x_train=_contiguous(batch.take(raw.x_train, train_idx)),
         y_train=raw.y_train[train_idx].contiguous(),
-        x_val=raw.x_train[val_idx].contiguous(),
+        x_val=_contiguous(batch.take(raw.x_train, val_idx)),
         y_val=raw.y_train[val_idx].contiguous(),
-        x_test=raw.x_test.contiguous(),
+        x_test=_contiguous(raw.x_test),
         y_test=raw.y_test.contiguous(),
         num_classes=num_classes,
         task=task,
@@ -481,7 +516,7 @@ def _sample(dataset: Any, *, where: str) -> Arrays:
 
 
 class _AsIs(Classification):
-    def cast(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def cast(self, x: Inputs, y: torch.Tensor) -> tuple[Inputs, torch.Tensor]:
         return x, y
 
 
@@ -501,7 +536,7 @@ def _output_size(raw: MappedRaw, task: Task, sample: Arrays, *, where: str) -> i
     for ds in (raw.train, raw.test):
         for i in range(len(ds)):
             x, y = collate([ds[i]], _AsIs(), where=where)
-            top = max(top, int(y.max()), int(x.max()) if task.name == "language-model" else 0)
+            top = max(top, task.output_size((x, y, x, y)) - 1)
     return top + 1
 
 
@@ -534,7 +569,7 @@ def load_mapped(
         val=rows(raw.train, val_idx),
         test=rows(raw.test, torch.arange(len(raw.test))),
         num_classes=_output_size(raw, resolved, sample, where=name),
-        input_shape=tuple(checked[0].shape[1:]),
+        input_shape=batch.shape_of(checked[0]),
         task=resolved,
     )
 

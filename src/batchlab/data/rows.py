@@ -17,10 +17,12 @@ from typing import Any, Protocol
 
 import torch
 
+from batchlab import batch as inputs
+from batchlab.batch import Inputs
 from batchlab.errors import DataError
 from batchlab.tasks import Task
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+Batch = tuple[Inputs, torch.Tensor]
 CPU = torch.device("cpu")
 TARGET_KEYS = ("y", "label", "labels", "target", "targets")
 """The key of a dict item's target; the item's one other key is its input."""
@@ -54,68 +56,86 @@ class TensorRows:
     device as it is served: for data larger than the device's memory budget.
     """
 
-    x: torch.Tensor
+    x: Inputs
     y: torch.Tensor
     host_for: torch.device | None = None
 
     def __len__(self) -> int:
-        return int(self.x.shape[0])
+        return int(self.y.shape[0])
 
-    def _out(self, xb: torch.Tensor, yb: torch.Tensor) -> Batch:
+    def _out(self, xb: Inputs, yb: torch.Tensor) -> Batch:
         if self.host_for is None:
             return xb, yb
-        return xb.to(self.host_for, non_blocking=True), yb.to(self.host_for, non_blocking=True)
+        return inputs.to(xb, self.host_for, non_blocking=True), yb.to(
+            self.host_for, non_blocking=True
+        )
 
     def batches(self, order: torch.Tensor, size: int) -> Iterator[Batch]:
-        order = order.to(self.x.device)
+        order = order.to(self.y.device)
         for i in range(0, order.shape[0], size):
             idx = order[i : i + size]
-            yield self._out(self.x[idx], self.y[idx])
+            yield self._out(inputs.take(self.x, idx), self.y[idx])
 
     def chunks(self, size: int) -> Iterator[Batch]:
         for i in range(0, len(self), size):
-            yield self._out(self.x[i : i + size], self.y[i : i + size])
+            yield self._out(inputs.take(self.x, slice(i, i + size)), self.y[i : i + size])
 
     @property
     def nbytes(self) -> int:
-        return self.x.nbytes + self.y.nbytes
+        return inputs.nbytes(self.x) + self.y.nbytes
 
     def to(self, device: torch.device, *, budget_bytes: int | None = None) -> TensorRows:
         """On `device`; kept on the host and moved per batch when larger than `budget_bytes`."""
         if budget_bytes is not None and self.nbytes > budget_bytes:
-            x, y = self.x.cpu(), self.y.cpu()
+            x, y = inputs.to(self.x, CPU), self.y.cpu()
             if device.type == "cuda":
-                x, y = x.pin_memory(), y.pin_memory()
+                x = (
+                    {k: v.pin_memory() for k, v in x.items()}
+                    if isinstance(x, dict)
+                    else x.pin_memory()
+                )
+                y = y.pin_memory()
             return replace(self, x=x, y=y, host_for=device)
-        return replace(self, x=self.x.to(device), y=self.y.to(device), host_for=None)
+        return replace(self, x=inputs.to(self.x, device), y=self.y.to(device), host_for=None)
 
     def head(self, n: int) -> Batch:
-        return self.x[:n], self.y[:n]
+        return inputs.take(self.x, slice(0, n)), self.y[:n]
 
 
 def collate(items: Sequence[Any], task: Task, *, where: str) -> Batch:
     """Stack a list of `(x, y)` tuples or `{input_key: x, target_key: y}` dicts into one batch,
     cast to the task's dtypes."""
-    xs, ys = [], []
+    xs: list[Any] = []
+    ys: list[torch.Tensor] = []
     for item in items:
         if isinstance(item, Mapping):
             target = [k for k in TARGET_KEYS if k in item]
-            inputs = [k for k in item if k not in TARGET_KEYS]
-            if len(target) != 1 or len(inputs) != 1:
+            keys = [k for k in item if k not in TARGET_KEYS]
+            if len(target) != 1 or not keys:
                 raise DataError(
                     f"{where}: a dict item needs one target key ({', '.join(TARGET_KEYS)}) and "
-                    f"one input key, got {sorted(item)}"
+                    f"at least one input key, got {sorted(item)}"
                 )
-            x, y = item[inputs[0]], item[target[0]]
+            # one input key: a tensor batch; several: a dict batch (the model takes **inputs)
+            x = item[keys[0]] if len(keys) == 1 else {k: item[k] for k in keys}
+            y = item[target[0]]
         elif isinstance(item, tuple | list) and len(item) == 2:
             x, y = item
         else:
             raise DataError(f"{where}: items must be (x, y) tuples or dicts of tensors")
-        xs.append(torch.as_tensor(x))
+        xs.append(
+            {k: torch.as_tensor(v) for k, v in x.items()}
+            if isinstance(x, Mapping)
+            else torch.as_tensor(x)
+        )
         ys.append(torch.as_tensor(y))
     try:
-        return task.cast(torch.stack(xs), torch.stack(ys))
-    except RuntimeError as err:
+        if isinstance(xs[0], Mapping):
+            stacked: Inputs = {k: torch.stack([x[k] for x in xs]) for k in xs[0]}
+        else:
+            stacked = torch.stack(xs)
+        return task.cast(stacked, torch.stack(ys))
+    except (RuntimeError, KeyError, TypeError) as err:
         raise DataError(f"{where}: items cannot be stacked into a batch ({err})") from None
 
 
@@ -160,7 +180,10 @@ class MappedRows:
                 )
             )
         for xb, yb in batches:
-            yield xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
+            yield (
+                inputs.to(xb, self.device, non_blocking=True),
+                yb.to(self.device, non_blocking=True),
+            )
 
     def batches(self, order: torch.Tensor, size: int) -> Iterator[Batch]:
         rows = self.index[order.cpu()]

@@ -1,4 +1,8 @@
-"""Build a report: figures (interactive HTML + PNG), findings and their numbers as JSON."""
+"""Build a report: figures (interactive HTML + PNG), findings and their numbers as JSON.
+
+summary.json says per study which split chose its cells (`selection`: validation, or test with
+a note when the study kept no validation split); its cells carry both scores.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from typing import Any
 import plotly.io as pio
 
 from batchlab._version import __version__
+from batchlab.analysis.selection import Selection
 from batchlab.report._html import FindingItem, Section, page
 from batchlab.report._types import ReportError, StudyLike, task_of
 from batchlab.report.figure import Figure
@@ -89,6 +94,7 @@ def _cell(c: Cell) -> dict[str, Any]:
         **{
             name: _stat(getattr(c, name))
             for name in (
+                "val_acc",
                 "test_acc",
                 "test_loss",
                 "train_acc",
@@ -110,6 +116,12 @@ def _states(study: StudyLike) -> dict[str, int]:
     return {s.value: sum(t.state is s for t in study.trials) for s in TrialState}
 
 
+def _selection(study: StudyLike) -> dict[str, Any]:
+    """Which split chose the study's cells, with the one-line note when it is test."""
+    sel = Selection.of(study.trials)
+    return {**sel.to_dict(), "note": sel.note(TaskInfo.of(study))}
+
+
 def _study_meta(study: StudyLike) -> dict[str, Any]:
     spec = study.spec
     return {
@@ -126,6 +138,7 @@ def _study_meta(study: StudyLike) -> dict[str, Any]:
         "lr_bases": sorted({t.lr_base for t in study.trials}),
         "seeds": sorted({t.seed for t in study.trials}),
         "task": TaskInfo.of(study).as_dict(),  # what the *_loss and *_acc numbers are
+        "selection": _selection(study),
     }
 
 

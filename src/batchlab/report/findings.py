@@ -1,13 +1,18 @@
 """ "What this study shows": statements computed from the results, each with its numbers.
 
 Rules (docs/report.md explains them):
-- Only COMPLETE trials count. A cell is one (lr_base, batch size); its score is the mean final
-  test score over seeds (the task's: accuracy, R², token accuracy), its spread the sample
-  standard deviation over seeds. Scores are named and formatted by the study's `TaskInfo`.
-- Best: the cell with the highest mean (per lr_base, and overall).
-- Neighbours: the best cell is compared with the next smaller and larger batch size at the same
-  lr_base. The difference counts as real when it exceeds the sum of the two standard deviations
-  (the ±1 std bands do not overlap); with one seed on either side it cannot be told.
+- Only COMPLETE trials count. A cell is one (lr_base, batch size); its scores are the mean final
+  validation and test scores over seeds (the task's: accuracy, R², token accuracy), its spread
+  the sample standard deviation over seeds. Scores are named and formatted by the study's
+  `TaskInfo`.
+- Choosing is on validation (`batchlab.analysis.selection`): cells are ranked by the validation
+  score and the test score is reported for the chosen ones. A study without a validation split
+  is ranked on test, and a "selection" warning says so; otherwise a "selection" line says that
+  the choice was on validation.
+- Best: the cell with the highest mean validation score (per lr_base, and overall).
+- Neighbours: the best cell is compared on validation with the next smaller and larger batch size
+  at the same lr_base. The difference counts as real when it exceeds the sum of the two standard
+  deviations (the ±1 std bands do not overlap); with one seed on either side it cannot be told.
 - Edge: a best batch size (or lr_base) at the end of the searched range means widen the range.
 - Fastest: the cell with the least training time (for a wall-clock budget: the most samples/s).
 """
@@ -20,8 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from batchlab.analysis.recommend import seed_spread
+from batchlab.analysis.selection import Selection, has_validation
 from batchlab.report._types import StudyLike, task_of
-from batchlab.report.stats import Cell, cells
+from batchlab.report.stats import Cell, Stat, cells
 from batchlab.tasks.base import TaskInfo
 from batchlab.trial import FrozenTrial, TrialState
 
@@ -62,11 +68,24 @@ def _acc(c: Cell, task: TaskInfo) -> str:
     return f"{text}; {loss}" if loss else text
 
 
+def _on(c: Cell, sel: Selection) -> Stat:
+    """A cell's score on the split that chooses: validation, or test without one."""
+    return c.test_acc if sel.on_test else c.val_acc
+
+
+def _rank(c: Cell, sel: Selection) -> float:
+    """The score that ranks a cell; a cell without one ranks last."""
+    v = _on(c, sel).mean
+    return v if math.isfinite(v) else -math.inf
+
+
 def _cell_data(c: Cell, task: TaskInfo) -> dict[str, Any]:
     data: dict[str, Any] = {
         "lr_base": c.key.lr_base,
         "lr": c.lr,
         "batch_size": c.batch_size,
+        "val_acc_mean": c.val_acc.mean,
+        "val_acc_std": c.val_acc.std,
         "test_acc_mean": c.test_acc.mean,
         "test_acc_std": c.test_acc.std,
         "n_seeds": c.test_acc.n,
@@ -217,15 +236,18 @@ def _problems(study: StudyLike) -> list[Finding]:
     return out
 
 
-def _neighbours(best: Cell, scored: Sequence[Cell], task: TaskInfo) -> list[Finding]:
+def _neighbours(
+    best: Cell, scored: Sequence[Cell], task: TaskInfo, sel: Selection
+) -> list[Finding]:
     same = sorted((c for c in scored if c.key == best.key), key=lambda c: c.batch_size)
     i = next(k for k, c in enumerate(same) if c.batch_size == best.batch_size)
     out = []
     for nb in (same[i - 1] if i > 0 else None, same[i + 1] if i + 1 < len(same) else None):
         if nb is None:
             continue
-        diff = best.test_acc.mean - nb.test_acc.mean
-        spread = seed_spread(best.test_acc.std, nb.test_acc.std)
+        a, z = _on(best, sel), _on(nb, sel)
+        diff = a.mean - z.mean
+        spread = seed_spread(a.std, z.std)
         data: dict[str, Any] = {"batch_size": nb.batch_size, "difference": diff, "spread": spread}
         if not math.isfinite(spread):
             verdict, separated = "with a single seed the seed spread is unknown", None
@@ -240,9 +262,9 @@ def _neighbours(best: Cell, scored: Sequence[Cell], task: TaskInfo) -> list[Find
                 kind="neighbour",
                 level="info",
                 text=(
-                    f"Against its neighbour b={nb.batch_size} ({_score(nb.test_acc.mean, task)})"
-                    f" the best batch size {best.batch_size} is ahead by {_diff(diff, task)},"
-                    f" {verdict}."
+                    f"On {sel.name(task)}, against its neighbour b={nb.batch_size}"
+                    f" ({_score(z.mean, task)}) the best batch size {best.batch_size} is ahead by"
+                    f" {_diff(diff, task)}, {verdict}."
                 ),
                 data=data,
             )
@@ -298,7 +320,9 @@ def _edges(study: StudyLike, best: Cell, neighbours: Sequence[Finding]) -> list[
     return out
 
 
-def _fastest(study: StudyLike, best: Cell, scored: Sequence[Cell], task: TaskInfo) -> Finding:
+def _fastest(
+    study: StudyLike, best: Cell, scored: Sequence[Cell], task: TaskInfo, sel: Selection
+) -> Finding:
     if study.spec.budget.kind == "seconds":
         timed = [c for c in scored if math.isfinite(c.samples_per_s.mean)]
         if not timed:
@@ -314,7 +338,7 @@ def _fastest(study: StudyLike, best: Cell, scored: Sequence[Cell], task: TaskInf
             data=_cell_data(top, task),
         )
     timed = [c for c in scored if math.isfinite(c.train_time_s.mean)]
-    fast = min(timed, key=lambda c: (c.train_time_s.mean, -c.test_acc.mean), default=None)
+    fast = min(timed, key=lambda c: (c.train_time_s.mean, -_rank(c, sel)), default=None)
     if fast is None:
         return Finding(kind="fastest", level="info", text="No training time was recorded.")
     if fast.batch_size == best.batch_size and fast.key == best.key:
@@ -322,14 +346,33 @@ def _fastest(study: StudyLike, best: Cell, scored: Sequence[Cell], task: TaskInf
             f"The best batch size is also the fastest: {fast.train_time_s.mean:.3g} s of training."
         )
     else:
+        behind = best.test_acc.mean - fast.test_acc.mean  # both reported on test
         text = (
             f"Fastest: batch size {fast.batch_size} (lr_base={fast.key.lr_base:g}) trained in"
             f" {fast.train_time_s.mean:.3g} s against {best.train_time_s.mean:.3g} s for the best"
             f" batch size {best.batch_size} ({best.train_time_s.mean / fast.train_time_s.mean:.1f}×"
-            f" longer), reaching {_score(fast.test_acc.mean, task)}, "
-            f"{_diff(best.test_acc.mean - fast.test_acc.mean, task)} below the best."
+            f" longer), reaching test {_score(fast.test_acc.mean, task)}, "
+            f"{_diff(abs(behind), task)} {'below' if behind >= 0 else 'above'} the best."
         )
     return Finding(kind="fastest", level="info", text=text, data=_cell_data(fast, task))
+
+
+def _selection(sel: Selection, best: Cell, task: TaskInfo) -> Finding:
+    """Which split chose the cells: a warning when it had to be test."""
+    if sel.on_test:
+        return Finding(kind="selection", level="warning", text=sel.note(task), data=sel.to_dict())
+    v = best.val_acc
+    spread = f" ± {_diff(v.std, task)}" if math.isfinite(v.std) else ""
+    return Finding(
+        kind="selection",
+        level="info",
+        text=(
+            f"Cells are chosen on the final {sel.name(task)} (the best:"
+            f" {_score(v.mean, task)}{spread}); test numbers are reported for the chosen cells,"
+            " never used to choose."
+        ),
+        data=sel.to_dict(),
+    )
 
 
 def study_findings(study: StudyLike) -> list[Finding]:
@@ -366,7 +409,8 @@ def study_findings(study: StudyLike) -> list[Finding]:
         out.extend(_problems(study))
         out.append(_lr_scaling(study))
         return out
-    best = max(scored, key=lambda c: (c.test_acc.mean, -c.batch_size))
+    sel = Selection.of(study.trials)
+    best = max(scored, key=lambda c: (_rank(c, sel), -c.batch_size))
     multi_lr = len({c.key.lr_base for c in scored}) > 1
     where = f" at lr_base={best.key.lr_base:g}" if multi_lr else ""
     out.append(
@@ -377,15 +421,16 @@ def study_findings(study: StudyLike) -> list[Finding]:
                 f"Best batch size: {best.batch_size}{where},"
                 f" test {task.score_label} {_acc(best, task)}."
             ),
-            data=_cell_data(best, task),
+            data={**_cell_data(best, task), "selected_on": sel.split},
         )
     )
-    neighbours = _neighbours(best, scored, task)
+    out.append(_selection(sel, best, task))
+    neighbours = _neighbours(best, scored, task, sel)
     out.extend(neighbours)
     if multi_lr:
         for lr in sorted({c.key.lr_base for c in scored}):
             mine = [c for c in scored if c.key.lr_base == lr]
-            top = max(mine, key=lambda c: (c.test_acc.mean, -c.batch_size))
+            top = max(mine, key=lambda c: (_rank(c, sel), -c.batch_size))
             out.append(
                 Finding(
                     kind="best_per_lr",
@@ -398,7 +443,7 @@ def study_findings(study: StudyLike) -> list[Finding]:
                 )
             )
     out.extend(_edges(study, best, neighbours))
-    out.append(_fastest(study, best, scored, task))
+    out.append(_fastest(study, best, scored, task, sel))
     out.extend(_problems(study))
     out.append(_budget(study, scored, task))
     out.append(_lr_scaling(study))
@@ -408,17 +453,21 @@ def study_findings(study: StudyLike) -> list[Finding]:
 def comparison_findings(studies: Sequence[StudyLike]) -> list[Finding]:
     """Which study did best, and whether its lead exceeds the seed spread."""
     task = task_of(studies)
+    # one split for every study, so that their bests compare: test if any kept no validation
+    every_val = all(has_validation(s.trials) for s in studies)
+    sel = Selection() if every_val else Selection(split="test", why="no validation split")
     bests = []
     for s in studies:
         scored = [c for c in cells([s]) if c.test_acc.n > 0]
         if scored:
-            bests.append(max(scored, key=lambda c: (c.test_acc.mean, -c.batch_size)))
+            bests.append(max(scored, key=lambda c: (_rank(c, sel), -c.batch_size)))
     if len(bests) < 2:
         return []
-    bests.sort(key=lambda c: -c.test_acc.mean)
+    bests.sort(key=lambda c: -_rank(c, sel))
     top, second = bests[0], bests[1]
-    diff = top.test_acc.mean - second.test_acc.mean
-    spread = seed_spread(top.test_acc.std, second.test_acc.std)
+    a, z = _on(top, sel), _on(second, sel)
+    diff = a.mean - z.mean
+    spread = seed_spread(a.std, z.std)
     if not math.isfinite(spread):
         verdict = "with a single seed the seed spread is unknown"
     elif diff > spread:
@@ -426,11 +475,13 @@ def comparison_findings(studies: Sequence[StudyLike]) -> list[Finding]:
     else:
         verdict = f"within the seed spread ({_diff(spread, task)}): treat them as tied"
     text = (
-        f"Best overall: {top.key.study!r} at batch size {top.batch_size}"
-        f" (lr_base={top.key.lr_base:g}), {_acc(top, task)}; ahead of {second.key.study!r}"
-        f" (batch size {second.batch_size}, {_score(second.test_acc.mean, task)})"
+        f"Best overall on {sel.name(task)}: {top.key.study!r} at batch size {top.batch_size}"
+        f" (lr_base={top.key.lr_base:g}), test {_acc(top, task)}; ahead of"
+        f" {second.key.study!r} (batch size {second.batch_size}, {_score(z.mean, task)})"
         f" by {_diff(diff, task)}, {verdict}."
     )
+    if sel.on_test:
+        text += " " + sel.note(task, "The studies are compared")
     return [
         Finding(
             kind="comparison_best",
@@ -441,6 +492,7 @@ def comparison_findings(studies: Sequence[StudyLike]) -> list[Finding]:
                 "runner_up": {"study": second.key.study, **_cell_data(second, task)},
                 "difference": diff,
                 "spread": spread,
+                "selection": sel.to_dict(),
             },
         )
     ]

@@ -6,6 +6,8 @@ adding the noise-scale comparison when the study has probe records. When no reco
 made (one batch size, nothing COMPLETE, ...) it keeps the one-line reason instead of a number.
 `recommendation_view` turns the result into plain strings for the page (escaped there), naming
 and formatting the score as the study's task does (accuracy in %, R² as a plain number).
+Every choice is made on the validation score (the test score is reported for the chosen cells);
+a study without a validation split gets a "Selection on test" item first, saying so.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from typing import Any
 
 from batchlab.analysis.critical import default_target
 from batchlab.analysis.recommend import Recommendation, recommend
+from batchlab.analysis.selection import Selection
 from batchlab.errors import BatchlabError
 from batchlab.report._types import ProbeSource, StudyLike
 from batchlab.tasks.base import TaskInfo
 
 TOPICS = {
+    "selection": "Selection on test",
     "best": "Best batch size and lr",
     "fastest": "Fastest to the target",
     "critical": "Critical batch size",
@@ -34,14 +38,17 @@ def topic_title(topic: str, task: TaskInfo) -> str:
     return TOPICS[topic].format(score=task.score_label)
 
 
-def pareto_headers(task: TaskInfo) -> tuple[str, ...]:
-    """The Pareto table's columns ("test acc (mean ± std)", "test R² (mean ± std)")."""
+def pareto_headers(task: TaskInfo, selection: Selection | None = None) -> tuple[str, ...]:
+    """The Pareto table's columns, ending "val acc (mean ± std)" (the score that chose the front;
+    left out when that is test), "test acc (mean ± std)" ("test R² ..." for regression)."""
+    on_val = selection is not None and not selection.on_test
     return (
         "batch size",
         "lr (used)",
         "lr_base",
         "seeds",
         "training time (s)",
+        *([f"val {task.score_short} (mean ± std)"] if on_val else []),
         f"test {task.score_short} (mean ± std)",
     )
 
@@ -99,7 +106,7 @@ def recommendation_view(sr: StudyRecommendation, *, heading: str) -> Recommendat
             table_rows=(),
             unavailable=f"No recommendation: {sr.reason}",
         )
-    task = rec.task
+    task, on_val = rec.task, not rec.selection.on_test
     items = tuple((topic_title(topic, task), tuple(sents)) for topic, sents in rec.parts())
     rows = tuple(
         (
@@ -108,6 +115,7 @@ def recommendation_view(sr: StudyRecommendation, *, heading: str) -> Recommendat
             f"{c.lr_base:g}",
             str(c.seeds),
             f"{c.train_time_s:.3g}",
+            *([task.format_score_mean_std(c.val_acc, c.val_acc_std)] if on_val else []),
             task.format_score_mean_std(c.test_acc, c.test_acc_std),
         )
         for c in rec.pareto
@@ -115,7 +123,7 @@ def recommendation_view(sr: StudyRecommendation, *, heading: str) -> Recommendat
     return RecommendationView(
         heading=heading,
         items=items,
-        table_headers=pareto_headers(task),
+        table_headers=pareto_headers(task, rec.selection),
         table_rows=rows,
         unavailable="",
     )

@@ -67,6 +67,7 @@ class TrialFinal:
     epochs: float
     samples_per_s: float
     peak_mem_bytes: float
+    val_acc: float = math.nan  # the final validation score: what chooses among cells
 
     @property
     def acc_gap(self) -> float:
@@ -110,6 +111,7 @@ def trial_final(trial: FrozenTrial) -> TrialFinal:
             epochs=nan,
             samples_per_s=nan,
             peak_mem_bytes=nan,
+            val_acc=nan,
         )
     # The full pass over the training set is the honest train number; the running mean over
     # the last window (taken while the weights moved) is the fallback.
@@ -132,6 +134,7 @@ def trial_final(trial: FrozenTrial) -> TrialFinal:
         epochs=last.epoch,
         samples_per_s=_steady_throughput(trial),
         peak_mem_bytes=mem if mem > 0 else nan,
+        val_acc=last.val_acc,
     )
 
 
@@ -160,6 +163,7 @@ class Cell:
     samples_per_s: Stat
     peak_mem_bytes: Stat
     train_is_full_pass: bool
+    val_acc: Stat = Stat(mean=math.nan, std=math.nan, n=0)  # chooses among cells; NaN: no split
 
 
 def cells(studies: Sequence[StudyLike]) -> list[Cell]:
@@ -199,6 +203,7 @@ def cells(studies: Sequence[StudyLike]) -> list[Cell]:
                 samples_per_s=Stat.of(f.samples_per_s for f in done),
                 peak_mem_bytes=Stat.of(f.peak_mem_bytes for f in done),
                 train_is_full_pass=bool(done) and all(f.train_is_full_pass for f in done),
+                val_acc=Stat.of(f.val_acc for f in done),
             )
         )
     return out

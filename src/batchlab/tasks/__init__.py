@@ -35,10 +35,12 @@ def infer_task(arrays: Arrays) -> str:
     x_train, y_train = arrays[0], arrays[1]
     if y_train.is_floating_point() and not bool(torch.all(y_train == y_train.round())):
         return Regression.name
-    integer = not x_train.is_floating_point() and not y_train.is_floating_point()
-    if integer and x_train.ndim == 2 and x_train.shape == y_train.shape:
+    if y_train.is_floating_point() or y_train.ndim != 2:
+        return Classification.name
+    if isinstance(x_train, dict):  # a dict batch with a target per position: token ids
         return LanguageModel.name
-    return Classification.name
+    same = not x_train.is_floating_point() and x_train.shape == y_train.shape
+    return LanguageModel.name if same else Classification.name
 
 
 def make_task(name: str, args: Mapping[str, Any] | None = None) -> Task:

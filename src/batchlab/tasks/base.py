@@ -24,10 +24,17 @@ from typing import Any, ClassVar
 
 import torch
 
+from batchlab import batch
+from batchlab.batch import Inputs
 from batchlab.errors import DataError
 
-Arrays = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
-"""(x_train, y_train, x_test, y_test) as a loader returns them."""
+Arrays = tuple[Inputs, torch.Tensor, Inputs, torch.Tensor]
+"""(x_train, y_train, x_test, y_test) as a loader returns them; inputs may be dicts of tensors."""
+
+
+def floats(x: Inputs) -> Inputs:
+    """Float inputs for a tensor; a dict batch's entries keep their dtypes (ids, masks...)."""
+    return x if isinstance(x, dict) else x.float()
 
 
 class Task(ABC):
@@ -53,10 +60,15 @@ class Task(ABC):
         """Check and convert a loader's arrays for this task (dtypes, shapes); one-line errors."""
         return arrays
 
-    def cast(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def cast(self, x: Inputs, y: torch.Tensor) -> tuple[Inputs, torch.Tensor]:
         """A batch collated from a map-style Dataset's items, in this task's dtypes."""
         prepared = self.prepare((x, y, x, y), where="dataset item")
         return prepared[0], prepared[1]
+
+    def forward(self, model: torch.nn.Module, x: Inputs) -> torch.Tensor:
+        """The model's output for a batch: `model(x)`, or `model(**x)` for a dict batch (a
+        Hugging Face style output gives its `logits`)."""
+        return batch.call(model, x)
 
     @abstractmethod
     def output_size(self, arrays: Arrays) -> int:
@@ -255,9 +267,11 @@ def check_rows(arrays: Arrays, *, where: str) -> None:
     """Each split has as many targets as inputs, and none is empty."""
     x_train, y_train, x_test, y_test = arrays
     for split, xs, ys in (("train", x_train, y_train), ("test", x_test, y_test)):
-        if xs.shape[0] != ys.shape[0]:
-            raise DataError(
-                f"{where}: x_{split} has {xs.shape[0]} rows but y_{split} has {ys.shape[0]}"
-            )
-        if xs.shape[0] == 0:
+        try:
+            n = batch.rows(xs)
+        except ValueError as err:
+            raise DataError(f"{where}: x_{split}: {err}") from None
+        if n != ys.shape[0]:
+            raise DataError(f"{where}: x_{split} has {n} rows but y_{split} has {ys.shape[0]}")
+        if n == 0:
             raise DataError(f"{where}: the {split} split is empty")

@@ -6,8 +6,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from batchlab.batch import Inputs
 from batchlab.errors import DataError
-from batchlab.tasks.base import Arrays, Task, check_rows
+from batchlab.tasks.base import Arrays, Task, check_rows, floats
 
 
 def as_class_indices(y: torch.Tensor, *, where: str) -> torch.Tensor:
@@ -30,9 +31,9 @@ class Classification(Task):
     def prepare(self, arrays: Arrays, *, where: str) -> Arrays:
         x_train, y_train, x_test, y_test = arrays
         out = (
-            x_train.float(),
+            floats(x_train),
             as_class_indices(y_train, where=where),
-            x_test.float(),
+            floats(x_test),
             as_class_indices(y_test, where=where),
         )
         check_rows(out, where=where)
@@ -40,8 +41,8 @@ class Classification(Task):
             raise DataError(f"{where}: labels must be class indices 0..C-1, found a negative label")
         return out
 
-    def cast(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return x.float(), y.long()
+    def cast(self, x: Inputs, y: torch.Tensor) -> tuple[Inputs, torch.Tensor]:
+        return floats(x), y.long()
 
     def output_size(self, arrays: Arrays) -> int:
         return int(max(arrays[1].max(), arrays[3].max())) + 1

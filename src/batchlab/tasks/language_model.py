@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from batchlab.batch import Inputs
 from batchlab.errors import DataError
 from batchlab.tasks.base import Arrays, Task, check_rows
 
@@ -32,27 +33,42 @@ class LanguageModel(Task):
         self.ignore_index = int(ignore_index)
 
     def prepare(self, arrays: Arrays, *, where: str) -> Arrays:
-        for a in arrays:
+        """Targets: integer ids [N, T] (-100 marks padding); inputs: ids of the same shape, or a
+        dict batch (e.g. input_ids and attention_mask) whose entries keep their dtypes."""
+
+        def ids(a: torch.Tensor) -> torch.Tensor:
             if a.ndim != 2 or a.is_floating_point() or a.dtype == torch.bool:
                 raise DataError(
                     f"{where}: a language model needs integer token ids of shape [N, T] for "
                     f"inputs and targets, got {tuple(a.shape)} {a.dtype}"
                 )
-        out = tuple(a.long() for a in arrays)
-        x_train, y_train, x_test, y_test = out
-        if x_train.shape != y_train.shape or x_test.shape != y_test.shape:
-            raise DataError(f"{where}: inputs and next-token targets must have the same shape")
-        check_rows(out, where=where)  # type: ignore[arg-type]
-        if int(min(x_train.min(), x_test.min())) < 0:
-            raise DataError(f"{where}: token ids must be >= 0")
-        return out  # type: ignore[return-value]
+            return a.long()
 
-    def cast(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return x.long(), y.long()
+        x_train, y_train, x_test, y_test = arrays
+        y_train, y_test = ids(y_train), ids(y_test)
+        if not isinstance(x_train, dict):
+            x_train = ids(x_train)
+        if not isinstance(x_test, dict):
+            x_test = ids(x_test)
+        for x, y in ((x_train, y_train), (x_test, y_test)):
+            if isinstance(x, torch.Tensor) and x.shape != y.shape:
+                raise DataError(f"{where}: inputs and next-token targets must have the same shape")
+        out = (x_train, y_train, x_test, y_test)
+        check_rows(out, where=where)
+        if any(int(x.min()) < 0 for x in (x_train, x_test) if isinstance(x, torch.Tensor)):
+            raise DataError(f"{where}: token ids must be >= 0")
+        return out
+
+    def cast(self, x: Inputs, y: torch.Tensor) -> tuple[Inputs, torch.Tensor]:
+        return (x if isinstance(x, dict) else x.long()), y.long()
 
     def output_size(self, arrays: Arrays) -> int:
         """The vocabulary: one more than the largest token id in inputs or targets."""
-        return int(max(int(a.max()) for a in arrays)) + 1
+        tensors: list[torch.Tensor] = []
+        for a in arrays:
+            parts = list(a.values()) if isinstance(a, dict) else [a]
+            tensors += [t for t in parts if not t.is_floating_point() and t.numel()]
+        return int(max(int(t.max()) for t in tensors)) + 1
 
     def _flat(self, out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if out.ndim != 3 or out.shape[:2] != y.shape:

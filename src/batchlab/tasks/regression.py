@@ -8,8 +8,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from batchlab.batch import Inputs
 from batchlab.errors import DataError
-from batchlab.tasks.base import Arrays, Task, check_rows
+from batchlab.tasks.base import Arrays, Task, check_rows, floats
 
 
 class Regression(Task):
@@ -36,7 +37,7 @@ class Regression(Task):
         for y in (y_train, y_test):
             if y.ndim not in (1, 2) or y.dtype == torch.bool or y.is_complex():
                 raise DataError(f"{where}: regression targets must be a [N] or [N, D] array")
-        out = (x_train.float(), y_train.float(), x_test.float(), y_test.float())
+        out = (floats(x_train), y_train.float(), floats(x_test), y_test.float())
         if out[1].shape[1:] != out[3].shape[1:]:
             raise DataError(f"{where}: y_train and y_test have different target dimensions")
         if not (torch.isfinite(out[1]).all() and torch.isfinite(out[3]).all()):
@@ -44,8 +45,8 @@ class Regression(Task):
         check_rows(out, where=where)
         return out
 
-    def cast(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return x.float(), y.float()
+    def cast(self, x: Inputs, y: torch.Tensor) -> tuple[Inputs, torch.Tensor]:
+        return floats(x), y.float()
 
     def output_size(self, arrays: Arrays) -> int:
         y = arrays[1]

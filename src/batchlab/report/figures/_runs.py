@@ -3,8 +3,9 @@
 A *run* is a COMPLETE trial with an evaluation. Control runs (`params["control"]`, given the
 updates of the smallest batch size) are kept apart from the equal-budget sweep: only the budget
 figure reads them. A *line key* is (study, variant); with several learning rates each batch size
-of a line is shown at its best lr_base (highest mean final held-out accuracy over seeds), as in
-the curves figure. Probe records come from studies that are a `ProbeSource`.
+of a line is shown at its best lr_base (highest mean final validation score over seeds; test
+score for a study without a validation split), as in the curves figure. Probe records come from
+studies that are a `ProbeSource`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from batchlab.analysis.selection import Selection
 from batchlab.report._types import ProbeSource, StudyLike
 from batchlab.report.figures._lines import Line
 from batchlab.trial import FrozenTrial, TrialState
@@ -77,18 +79,22 @@ def sweep_runs(studies: Sequence[StudyLike], *, control: bool = False) -> list[F
 
 
 def best_runs(runs: Sequence[FrozenTrial]) -> dict[tuple[LineKey, int], list[FrozenTrial]]:
-    """Per (line, batch size): the seeds at the lr_base with the best mean held-out accuracy.
+    """Per (line, batch size): the seeds at the lr_base with the best mean final validation score
+    (test score for a study whose runs kept no validation split).
 
-    Ties go to the smaller lr_base; an lr whose accuracy is NaN never beats one with a number.
+    Ties go to the smaller lr_base; an lr whose score is NaN never beats one with a number.
     Ordered by line (in the order the trials list them, i.e. the spec's variants) then batch size.
     """
     groups: dict[tuple[LineKey, int, float], list[FrozenTrial]] = {}
+    by_study: dict[str, list[FrozenTrial]] = {}
     for t in runs:
         groups.setdefault((line_key(t), t.batch_size, t.lr_base), []).append(t)
+        by_study.setdefault(t.study, []).append(t)
+    selection = {name: Selection.of(ts) for name, ts in by_study.items()}
     order = list(dict.fromkeys(line_key(t) for t in runs))  # lines in the order of the spec
     best: dict[tuple[LineKey, int], tuple[float, list[FrozenTrial]]] = {}
     for (key, b, _), ts in sorted(groups.items(), key=lambda kv: kv[0]):
-        score = mean(heldout_acc(t) for t in ts)
+        score = mean(selection[key.study].score(t.evals[-1]) for t in ts)
         score = score if math.isfinite(score) else -math.inf
         if (key, b) not in best or score > best[(key, b)][0]:
             best[(key, b)] = (score, ts)

@@ -1,13 +1,17 @@
 """Figure 1: final test score and test error (or loss) against batch size, one line per lr_base.
 
 The score is the task's (accuracy, R², token accuracy). A score that is a fraction is shown in %
-next to its error (100 − score); an unbounded one (R²) next to the test loss instead.
+next to its error (100 − score); an unbounded one (R²) next to the test loss instead. The star on
+each line marks its best batch size chosen on the validation score (on test, and noted, for a
+study without a validation split), drawn at that batch size's test score.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
+from batchlab.analysis.selection import Selection
 from batchlab.report._types import StudyLike, task_of
 from batchlab.report.figure import Figure
 from batchlab.report.figures._panels import (
@@ -20,21 +24,31 @@ from batchlab.report.figures._panels import (
     render_panels_plotly,
     series_from_cells,
 )
-from batchlab.report.stats import BAND, batch_sizes, cells
+from batchlab.report.stats import BAND, Cell, SeriesKey, batch_sizes, cells
 from batchlab.tasks.base import TaskInfo
 
+ON_TEST = "chosen on test: no validation split"
 
-def _best(series: Sequence[Series], task: TaskInfo) -> tuple[Mark, ...]:
+
+def _best(
+    series: Sequence[Series],
+    task: TaskInfo,
+    rank: dict[tuple[SeriesKey, int], float],
+    on_test: set[str],
+) -> tuple[Mark, ...]:
+    """Per line, the batch size with the highest `rank` (the choosing score), at its value;
+    the mark says so where its study (in `on_test`) chose on test."""
     out = []
     for s in series:
-        i = max(range(len(s.mean)), key=lambda j: s.mean[j])
+        i = max(range(len(s.mean)), key=lambda j: rank.get((s.key, s.batch_sizes[j]), -math.inf))
         score = task.format_score(s.mean[i], space=True, scaled=True)
+        why = f" ({ON_TEST})" if s.key.study in on_test else ""
         out.append(
             Mark(
                 key=s.key,
                 batch_size=s.batch_sizes[i],
                 value=s.mean[i],
-                text=f"best at batch size {s.batch_sizes[i]}: {score}",
+                text=f"best at batch size {s.batch_sizes[i]}{why}: {score}",
             )
         )
     return tuple(out)
@@ -47,6 +61,17 @@ def _wide_log(series: Sequence[Series]) -> bool:
     return min(values) > 0 and max(values) / min(values) >= 4
 
 
+def _rank(
+    cs: Sequence[Cell], selection: dict[str, Selection]
+) -> dict[tuple[SeriesKey, int], float]:
+    """Each cell's choosing score: its mean validation score (test without a validation split)."""
+    out = {}
+    for c in cs:
+        v = (c.test_acc if selection[c.key.study].on_test else c.val_acc).mean
+        out[(c.key, c.batch_size)] = v if math.isfinite(v) else -math.inf
+    return out
+
+
 def extract_accuracy(studies: Sequence[StudyLike]) -> PanelsData | None:
     """Mean (± std over seeds) final test score of COMPLETE trials (in % for a fraction), and
     its error (100 − score) or, for a score that is not a fraction, the test loss."""
@@ -55,10 +80,13 @@ def extract_accuracy(studies: Sequence[StudyLike]) -> PanelsData | None:
     acc = series_from_cells(cs, lambda c: c.test_acc, scale=task.score_scale)
     if not acc:
         return None
-    best_acc = _best(acc, task)
+    selection = {s.name: Selection.of(s.trials) for s in studies}
+    on_test = {name for name, sel in selection.items() if sel.on_test}
+    best_acc = _best(acc, task, _rank(cs, selection), on_test)
+    flag = f" (best {ON_TEST})" if on_test else ""
     diverged = diverged_marks(cs)
     score = Panel(
-        title=f"Final test {task.score_label}",
+        title=f"Final test {task.score_label}{flag}",
         y_label=f"test {task.score_label}",
         unit=task.score_unit,
         log_y=False,
@@ -126,7 +154,8 @@ def figure_text(task: TaskInfo) -> tuple[str, str]:
         what = f"Final test {s} and test loss ({task.loss_unit})"
     return title, (
         f"{what} of the COMPLETE trials, one line per"
-        f" base learning rate. Band: {BAND}. The star marks each line's best batch size;"
+        f" base learning rate. Band: {BAND}. The star marks each line's best batch size, chosen"
+        f" on the validation {s} (on test, and noted, without a validation split);"
         " red crosses along the bottom mark batch sizes where trials diverged."
     )
 

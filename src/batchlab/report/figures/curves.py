@@ -3,7 +3,8 @@
 Equal-epoch and equal-update views are the same curves on different x axes: with an epoch
 budget, large batches end early on the update axis. Buttons switch the x axis in the page; the
 PNG shows epochs, updates and wall time as rows. Seeds are averaged evaluation by evaluation.
-With several learning rates, each batch size is shown at its best lr_base.
+With several learning rates, each batch size is shown at its best lr_base: the highest mean final
+validation score (test, and noted, for a study without a validation split).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from matplotlib.figure import Figure as MplFigure
 from matplotlib.lines import Line2D
 from plotly.subplots import make_subplots
 
+from batchlab.analysis.selection import Selection
 from batchlab.report._types import StudyLike, task_of
 from batchlab.report.figure import Figure
 from batchlab.report.figures._style import (
@@ -58,6 +60,7 @@ class Curve:
     heldout_loss: tuple[float, ...]
     train_acc: tuple[float, ...]
     heldout_acc: tuple[float, ...]
+    chosen_on_test: bool = False  # its lr_base was chosen on test: no validation split
 
     def values(self, name: str) -> tuple[float, ...]:
         v: tuple[float, ...] = getattr(self, name)
@@ -112,12 +115,15 @@ def extract_curves(studies: Sequence[StudyLike]) -> CurvesData | None:
     task = task_of(studies)
     has_test = any(math.isfinite(e.test_acc) for t in done for e in t.evals)
     heldout = "test" if has_test else "val"
+    selection = {s.name: Selection.of(s.trials) for s in studies}
     best: dict[tuple[str, int], float] = {}
     score: dict[tuple[str, int], float] = {}
-    for c in cells(studies):
+    for c in cells(studies):  # lr_base ascending: ties go to the smaller
         k = (c.key.study, c.batch_size)
-        if c.n_complete and (k not in score or c.test_acc.mean > score[k]):
-            best[k], score[k] = c.key.lr_base, c.test_acc.mean
+        v = (c.test_acc if selection[c.key.study].on_test else c.val_acc).mean
+        v = v if math.isfinite(v) else -math.inf
+        if c.n_complete and (k not in score or v > score[k]):
+            best[k], score[k] = c.key.lr_base, v
     multi_lr = len({t.lr_base for t in done}) > 1
     curves = []
     for study in studies:
@@ -134,7 +140,14 @@ def extract_curves(studies: Sequence[StudyLike]) -> CurvesData | None:
                 continue
             avg = _average(trials, heldout, task.score_scale)
             curves.append(
-                Curve(study=study.name, lr_base=lr_base, batch_size=b, n_seeds=len(trials), **avg)
+                Curve(
+                    study=study.name,
+                    lr_base=lr_base,
+                    batch_size=b,
+                    n_seeds=len(trials),
+                    chosen_on_test=selection[study.name].on_test,
+                    **avg,
+                )
             )
     if not curves:
         return None
@@ -150,7 +163,7 @@ def _titles(data: CurvesData) -> list[str]:
 def _curve_label(c: Curve, palette: Palette, data: CurvesData) -> str:
     label = f"b={c.batch_size}"
     if data.best_lr_note:
-        label += f" (lr_base={c.lr_base:g})"
+        label += f" (lr_base={c.lr_base:g}{', chosen on test' if c.chosen_on_test else ''})"
     return f"{c.study} · {label}" if palette.multi_study else label
 
 
@@ -285,7 +298,8 @@ def figure_text(task: TaskInfo) -> tuple[str, str]:
         " epochs (equal data), updates (equal optimizer steps), samples and training wall time:"
         " with an epoch budget, large batches stop early on the update axis. Train numbers are the"
         " running mean since the previous evaluation (a full pass at step 0). With several"
-        " learning rates each batch size is shown at its best lr_base."
+        " learning rates each batch size is shown at its best lr_base, chosen on the validation"
+        f" {task.score_label}."
     )
 
 

@@ -64,18 +64,24 @@ class StabilityData:
     grids: tuple[StabilityGrid, ...]
     multi_study: bool
     task: TaskInfo  # names and formats the score
+    on_test: bool = False  # some grid chose its best lr on test: no validation split
 
     @property
     def best_label(self) -> str:
-        """The best-lr star's legend: "best lr (val. acc.)", "best lr (val. R²)"."""
+        """The best-lr star's legend: "best lr (val. acc.)", "best lr (val. R²)"; "best lr (test
+        acc., no val. split)" where a study kept no validation split."""
         short = self.task.score_short
-        return f"best lr (val. {short}{'.' if short != self.task.score_label else ''})"
+        dot = "." if short != self.task.score_label else ""
+        if self.on_test:
+            return f"best lr (test {short}{dot}, no val. split)"
+        return f"best lr (val. {short}{dot})"
 
 
 def extract_stability(studies: Sequence[StudyLike]) -> StabilityData | None:
     """A grid per (study, variant) that tried at least two lr_base; None when none did."""
     task = task_of(studies)
     out = []
+    on_test = False
     for study in studies:
         cells = grid.cells(study.trials)
         for variant in sorted({c.variant for c in cells}):
@@ -85,6 +91,7 @@ def extract_stability(studies: Sequence[StudyLike]) -> StabilityData | None:
             if len(lrs) < 2:
                 continue
             bands = {band.batch_size: band for band in grid.bands(mine.values())}
+            on_test = on_test or any(band.selected_on == "test" for band in bands.values())
             status, acc = [], []
             for lr in lrs:
                 row = [mine.get((lr, b)) for b in sizes]
@@ -105,7 +112,7 @@ def extract_stability(studies: Sequence[StudyLike]) -> StabilityData | None:
             )
     if not out:
         return None
-    return StabilityData(grids=tuple(out), multi_study=len(studies) > 1, task=task)
+    return StabilityData(grids=tuple(out), multi_study=len(studies) > 1, task=task, on_test=on_test)
 
 
 def _range(data: StabilityData) -> tuple[float, float]:
