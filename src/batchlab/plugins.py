@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +12,13 @@ from batchlab.errors import DataError
 
 
 def resolve_callable(ref: str, *, field: str) -> Callable[..., Any]:
-    """Import `package.module:function`, with a one-line error naming the field."""
+    """Import `package.module:function`, with a one-line error naming the field.
+
+    The current directory is importable, as under `python -m`, so a user's module next to their
+    study file needs no PYTHONPATH (worker processes inherit the same path)."""
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.append(here)  # after everything installed: it never shadows a package
     module_name, _, attr = ref.partition(":")
     try:
         module = importlib.import_module(module_name)
