@@ -99,6 +99,17 @@ EvalSink = Callable[[EvalRecord, "Checkpoint | None", list[ProbeRecord]], None]
 the previous evaluation; a store writes all three in one transaction."""
 
 
+def build_model_for(spec: StudySpec, data: Dataset, *, seed: int) -> nn.Module:
+    """The study's model for its data (input shape, outputs), weights drawn from `seed`."""
+    return build_model(
+        spec.model,
+        spec.model_args,
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
+        seed=seed,
+    )
+
+
 def make_optimizer(spec: StudySpec, params: Any, lr: float) -> torch.optim.Optimizer:
     if spec.optimizer == "sgd":
         return torch.optim.SGD(
@@ -223,13 +234,7 @@ class _Trial:
         spec = trial.study
         self.trial, self.data, self.device, self.task = trial, data, device, data.task
         self.plan = TrialPlan(trial, data.n_train)
-        self.model = build_model(
-            spec.model,
-            spec.model_args,
-            input_shape=data.input_shape,
-            num_classes=data.num_classes,
-            seed=trial.seed,
-        ).to(device)
+        self.model = build_model_for(spec, data, seed=trial.seed).to(device)
         self.optimizer = make_optimizer(spec, self.model.parameters(), trial.lr)
         self.shuffle = torch.Generator().manual_seed(trial.seed)  # CPU: one order on any device
         self.step = self.samples = self.eval_idx = 0
@@ -259,11 +264,12 @@ class _Trial:
             if spec.probes
             else None
         )
-        probe_x, probe_y = data.train.head(len(data.train) if data.in_memory else PROBE_POOL)
-        if isinstance(probe_x, dict):  # `prepare` refuses probes on dict batches up front
-            if self.suite is not None:
+        probe_x = probe_y = torch.empty(0)  # never read without probes: nothing is fetched
+        if self.suite is not None:
+            x, probe_y = data.train.head(len(data.train) if data.in_memory else PROBE_POOL)
+            if isinstance(x, dict):  # `prepare` refuses probes on dict batches up front
                 raise DataError("probes: dict batches cannot be probed yet; remove probes")
-            probe_x = probe_y  # never read: no probe runs
+            probe_x = x
         self.ctx = ProbeContext(
             model=self.model,
             loss_fn=self.task.mean_loss,

@@ -43,11 +43,12 @@ from batchlab.engine import (
     EvalSink,
     Outcome,
     _to_cpu,
+    build_model_for,
     make_optimizer,
     peak_memory_bytes,
     reset_peak_memory,
 )
-from batchlab.models import MLP, build_model
+from batchlab.models import MLP
 from batchlab.plan import TrialPlan
 from batchlab.spec import TrialSpec
 from batchlab.step import sgd_direction
@@ -215,13 +216,7 @@ def train_group(
 
     members: list[_Member] = []
     for t, sink in zip(trials, sinks, strict=True):
-        model = build_model(
-            spec.model,
-            spec.model_args,
-            input_shape=data.input_shape,
-            num_classes=data.num_classes,
-            seed=t.seed,
-        )
+        model = build_model_for(spec, data, seed=t.seed)
         assert isinstance(model, MLP)
         model = model.to(device)
         members.append(

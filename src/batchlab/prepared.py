@@ -21,9 +21,8 @@ import torch
 from batchlab import batch
 from batchlab._version import __version__
 from batchlab.data import Dataset, load_dataset
-from batchlab.engine import Progress, resolve_device
+from batchlab.engine import Progress, build_model_for, resolve_device
 from batchlab.errors import DataError, SpecError
-from batchlab.models import build_model
 from batchlab.spec import StudySpec, TrialSpec
 from batchlab.trial import TrialState
 
@@ -109,13 +108,7 @@ def preflight(spec: StudySpec, data: Dataset, device: torch.device) -> None:
     study's device, before any trial starts: a model whose outputs do not fit the task (logits
     [B, V] for a language model, the wrong number of classes...) or that fails on the data is a
     one-line error naming it, not a FAILED trial per grid cell. The RNG state is left as is."""
-    model = build_model(
-        spec.model,
-        spec.model_args,
-        input_shape=data.input_shape,
-        num_classes=data.num_classes,
-        seed=0,
-    ).to(device)
+    model = build_model_for(spec, data, seed=0).to(device)
     x, y = data.train.head(min(2, data.n_train))
     x, y = batch.to(x, device), y.to(device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -144,10 +137,13 @@ def device_data_budget(device: torch.device) -> int | None:
 
 def task_provenance(data: Dataset) -> dict[str, Any]:
     """The task's labels and tokens per example, stored with each trial (`Study.task`)."""
+    info = data.task.describe()
+    if info.unit == "example":  # one unit per example: nothing to count (nor to read)
+        return info.as_dict()
     n = min(len(data.train), 4096) if not data.in_memory else len(data.train)
     _, y = data.train.head(n)  # a Dataset read by index: the mean over its first rows
     units = float(data.task.units(y)) / max(1, n)
-    return replace(data.task.describe(), tokens_per_sample=units).as_dict()
+    return replace(info, tokens_per_sample=units).as_dict()
 
 
 def provenance(device: torch.device) -> dict[str, Any]:

@@ -18,14 +18,9 @@ import torch
 
 from batchlab.adaptive import run_adaptive
 from batchlab.data import tensor_rows
-from batchlab.engine import (
-    Checkpoint,
-    Outcome,
-    train_trial,
-)
+from batchlab.engine import Checkpoint, Outcome, build_model_for, train_trial
 from batchlab.errors import SpecError, StoreError
 from batchlab.executors import check_executor, run_trials
-from batchlab.models import build_model
 from batchlab.prepared import (
     NullReporter,
     PreparedStudy,
@@ -194,13 +189,7 @@ def interpolate_trials(
         raise SpecError("--points: need at least 2 points")
     spec = dict(study.spec.resolved_variants()).get(str(a.params.get("variant", "")), study.spec)
     data = load_study_data(spec, data_dir=data_dir)
-    model = build_model(
-        spec.model,
-        spec.model_args,
-        input_shape=data.input_shape,
-        num_classes=data.num_classes,
-        seed=0,
-    )
+    model = build_model_for(spec, data, seed=0)
     alphas = [-1.0 + 3.0 * i / (points - 1) for i in range(points)]
     wa, wb = study.weights(a.trial_id), study.weights(b.trial_id)
     train = interpolate(

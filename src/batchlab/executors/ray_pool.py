@@ -12,9 +12,7 @@ import torch
 import torch.multiprocessing  # registers torch's shared-memory pickling of tensors
 
 from batchlab.data import Dataset
-from batchlab.engine import (
-    resolve_device,
-)
+from batchlab.engine import resolve_device
 from batchlab.errors import SpecError
 from batchlab.executors.base import (
     Event,
