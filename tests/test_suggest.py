@@ -110,7 +110,7 @@ def test_measured_b_simple_matches_the_analytic_value() -> None:
 
 def test_b_simple_is_a_ratio_of_means_over_the_late_window() -> None:
     ms = [
-        NoiseMeasurement(step=s, samples=8 * s, train_loss=1.0, trace=tr, g2=g2)
+        NoiseMeasurement(step=s, samples=8 * s, trace=tr, g2=g2)
         for s, tr, g2 in ((10, 1.0, 1.0), (20, 100.0, 2.0), (30, 300.0, -1.0), (40, 200.0, 3.0))
     ]
     noise = b_simple(ms, late_fraction=0.5, n_boot=0)  # steps >= 20
@@ -120,7 +120,7 @@ def test_b_simple_is_a_ratio_of_means_over_the_late_window() -> None:
     assert noise.late == pytest.approx(500 / 2)
     assert not noise.settled  # 50 -> 250 is more than a factor 1.5
     with pytest.raises(SuggestError, match="not positive"):
-        b_simple([NoiseMeasurement(step=1, samples=1, train_loss=1.0, trace=5.0, g2=-1.0)])
+        b_simple([NoiseMeasurement(step=1, samples=1, trace=5.0, g2=-1.0)])
 
 
 def test_lr_rule_is_linear_below_the_noise_scale_and_saturates_above() -> None:

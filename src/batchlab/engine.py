@@ -15,9 +15,9 @@ import json
 import math
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -27,7 +27,7 @@ from batchlab.data import Dataset
 from batchlab.data.rows import Rows
 from batchlab.errors import DataError
 from batchlab.models import build_model
-from batchlab.plan import TrialPlan
+from batchlab.plan import Evaluation, TrialPlan
 from batchlab.probes import ProbeContext, ProbeRecord, ProbeSuite, probe_generator
 from batchlab.spec import StudySpec, TrialSpec
 from batchlab.step import AutogradStep, FastMLPStep, Step
@@ -230,10 +230,25 @@ class _Trial:
     """One trial's model, optimizer, data order, steps, probes and counters: the parts that
     `train_trial` composes. Checkpoints hold everything needed to continue it bit for bit."""
 
-    def __init__(self, trial: TrialSpec, data: Dataset, device: torch.device) -> None:
+    def __init__(
+        self,
+        trial: TrialSpec,
+        data: Dataset,
+        device: torch.device,
+        on_eval: EvalSink,
+        *,
+        deadline: float | None = None,
+    ) -> None:
         spec = trial.study
         self.trial, self.data, self.device, self.task = trial, data, device, data.task
+        self.on_eval = on_eval
         self.plan = TrialPlan(trial, data.n_train)
+        self.seconds = trial.budget.seconds
+        self.deadline = deadline
+        self.diverged_step: int | None = None
+        self.window = _Window(device)
+        self.epoch_lr = trial.lr
+        self.running = (math.nan, math.nan)
         self.model = build_model_for(spec, data, seed=trial.seed).to(device)
         self.optimizer = make_optimizer(spec, self.model.parameters(), trial.lr)
         self.shuffle = torch.Generator().manual_seed(trial.seed)  # CPU: one order on any device
@@ -312,11 +327,34 @@ class _Trial:
             group["lr"] = lr
 
     def exhausted(self) -> bool:
-        return self.plan.exhausted(step=self.step, samples=self.samples, train_time=self.train_time)
+        return (
+            self.plan.exhausted(step=self.step, samples=self.samples, train_time=self.train_time)
+            or self.past_deadline()
+        )
 
-    def train_step(self, xb: Inputs, yb: torch.Tensor, window: _Window) -> None:
-        """One update on (xb, yb), with the probes due at it (their time kept out of training)."""
-        suite, nxt = self.suite, self.step + 1
+    def past_deadline(self) -> bool:
+        return self.deadline is not None and time.perf_counter() >= self.deadline
+
+    # ---- the Runner interface: what `run_epochs` drives -----------------------------------------
+
+    def live(self) -> bool:
+        return self.diverged_step is None
+
+    def begin_epoch(self, epoch: int) -> Iterator[tuple[Inputs, torch.Tensor]]:
+        B, self.epoch_lr = self.plan.epoch(epoch)
+        self.set_lr(self.epoch_lr)
+        self.autograd.set_batch_size(B)
+        perm = torch.randperm(self.plan.n_train, generator=self.shuffle)  # CPU: one order anywhere
+        self.window = _Window(self.device)
+        return self.data.train.batches(perm, B)
+
+    def warmup(self) -> None:
+        self.set_lr(self.plan.lr(self.step, self.epoch_lr))
+
+    def train_step(self, batch: tuple[Inputs, torch.Tensor]) -> None:
+        """One update on a batch, with the probes due at it (their time kept out of training)."""
+        xb, yb = batch
+        window, suite, nxt = self.window, self.suite, self.step + 1
         due = suite is not None and suite.due(nxt)
         split = suite is not None and due and suite.needs_split_step(nxt)
         step = self.autograd if split or self.fast is None else self.fast
@@ -333,9 +371,37 @@ class _Trial:
         window.add(stats, units, bs)
         self.samples += bs
 
-    def record(
-        self, *, run_loss: float, run_acc: float, window: _Window | None, full: bool
-    ) -> EvalRecord:
+    def check(self) -> bool:
+        if not math.isfinite(self.window.loss_sum.item()):  # deliberate sync (free on CPU)
+            self.diverged_step = self.step
+            return True
+        if self.seconds is not None and self.train_time + self.window.elapsed() >= self.seconds:
+            return True
+        return self.past_deadline()
+
+    def end_epoch(self) -> bool:
+        if self.diverged_step is not None:
+            return False
+        loss, score, elapsed = self.window.close(self.task)
+        self.train_time += elapsed
+        self.running = (loss, score)
+        if not math.isfinite(loss):
+            self.diverged_step = self.step
+            return False
+        return True
+
+    def evaluate(self, at: Evaluation, *, done: bool) -> None:
+        if done and self.suite is not None:
+            self.suite.finish(self.ctx.at(self.step))  # end-of-training probes: Hessian...
+        self.emit(
+            self.record(window=self.window, full=at.full_train), with_checkpoint=at.checkpoint
+        )
+
+    def emit(self, rec: EvalRecord, *, with_checkpoint: bool) -> None:
+        self.on_eval(rec, self.checkpoint() if with_checkpoint else None, self.drained())
+        self.eval_idx += 1
+
+    def record(self, *, window: _Window | None, full: bool) -> EvalRecord:
         """Evaluate on validation and test (and the whole training set when `full`)."""
         spec, data, device, task = self.trial.study, self.data, self.device, self.task
         t0 = time.perf_counter()
@@ -366,8 +432,8 @@ class _Trial:
             step=self.step,
             samples=self.samples,
             current_lr=float(self.optimizer.param_groups[0]["lr"]),
-            train_loss=run_loss,
-            train_acc=run_acc,
+            train_loss=self.running[0] if window is not None else math.nan,
+            train_acc=self.running[1] if window is not None else math.nan,
             val_loss=val[0],
             val_acc=val[1],
             test_loss=test[0],
@@ -381,6 +447,90 @@ class _Trial:
         )
 
 
+class Runner(Protocol):
+    """What the training loop (`run_epochs`) drives: one trial (`_Trial`), or a fused group of
+    trials trained as one stacked step (`batchlab.fused`). Each brings its own step; the loop,
+    the schedule, the divergence and budget checks and the evaluation points are the same."""
+
+    plan: TrialPlan
+    step: int
+    samples: int
+    running: tuple[float, float]  # the last window's mean loss and score (for progress bars)
+
+    def live(self) -> bool:
+        """Whether anything is left to train (a diverged trial, or group, is not)."""
+        ...
+
+    def exhausted(self) -> bool: ...
+
+    def begin_epoch(self, epoch: int) -> Iterator[Any]:
+        """Set the epoch's batch size and lr, draw its permutation(s), open a window; the epoch's
+        batches, each drawn when the loop asks for it."""
+        ...
+
+    def warmup(self) -> None:
+        """Set the warmup ramp's lr for the next update."""
+        ...
+
+    def train_step(self, batch: Any) -> None: ...
+
+    def check(self) -> bool:
+        """A deliberate sync every `check_every` steps: record divergence, watch a wall-clock
+        budget; True stops the epoch here."""
+        ...
+
+    def end_epoch(self) -> bool:
+        """Close the window (its loss, score and training time); False when nothing is left."""
+        ...
+
+    def evaluate(self, at: Evaluation, *, done: bool) -> None:
+        """Evaluate and hand the records (and checkpoints) to the sinks."""
+        ...
+
+
+def run_epochs(
+    r: Runner,
+    *,
+    device: torch.device,
+    stop_at_step: int | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> bool:
+    """The training loop, for every runner: epochs of batches until the budget is spent or
+    nothing is left to train. Returns True when it paused at `stop_at_step`."""
+    plan, n = r.plan, r.plan.n_train
+    # Reading the loss forces a device sync; on CPU that is free, on CUDA do it every 25 steps.
+    check_every = 1 if device.type == "cpu" else 25
+
+    def progress(loss: float, acc: float) -> None:
+        if on_progress is not None:
+            on_progress(
+                Progress(step=r.step, total_steps=plan.total_steps, train_loss=loss, train_acc=acc)
+            )
+
+    while r.live() and not r.exhausted():
+        # ---- one epoch (or the part of it the budget allows) -----------------------------------
+        for batch in r.begin_epoch(r.samples // n):
+            if plan.warmup_steps and r.step <= plan.warmup_steps:
+                r.warmup()  # the ramp, then the epoch's lr from its end
+            r.train_step(batch)
+            if r.step % check_every == 0 and r.check():
+                break
+            if plan.stops_within_epoch(step=r.step, samples=r.samples):
+                break
+            if r.step % 200 == 0:
+                progress(math.nan, math.nan)
+        if not r.end_epoch():
+            return False
+        done = r.exhausted()
+        at = plan.after_epoch(samples=r.samples, done=done)
+        if at.evaluate:
+            r.evaluate(at, done=done)
+            if stop_at_step is not None and at.checkpoint and not done and r.step >= stop_at_step:
+                return True  # paused on the checkpoint just stored
+        progress(*r.running)
+    return False
+
+
 def train_trial(
     trial: TrialSpec,
     data: Dataset,
@@ -390,6 +540,7 @@ def train_trial(
     resume: Checkpoint | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     stop_at_step: int | None = None,
+    deadline: float | None = None,
 ) -> Outcome:
     """Train one trial from scratch (or from `resume`) until its budget is spent or it diverges.
 
@@ -399,72 +550,25 @@ def train_trial(
     `stop_at_step` pauses the trial at the first checkpointed evaluation at or after that step
     (returning RUNNING); resuming from that checkpoint continues bit-identically, as if it had
     never stopped. Adaptive sweeps use it to hold trials at a rung.
+
+    `deadline` (a `time.perf_counter()` value) ends training early, as if the budget were spent,
+    at the first step past it: a wall-clock guard for callers such as `suggest`'s short run.
     """
     if stop_at_step is not None and stop_at_step < 1:
         raise ValueError(f"stop_at_step must be >= 1, got {stop_at_step}")
     reset_peak_memory(device)
-    t = _Trial(trial, data, device)
-    plan, n, seconds = t.plan, data.n_train, trial.budget.seconds
-    # Reading the loss forces a device sync; on CPU that is free, on CUDA do it every 25 steps.
-    check_every = 1 if device.type == "cpu" else 25
-
-    def progress(loss: float, acc: float) -> None:
-        if on_progress is not None:
-            on_progress(
-                Progress(step=t.step, total_steps=plan.total_steps, train_loss=loss, train_acc=acc)
-            )
-
-    def diverged() -> Outcome:
-        return Outcome(state=TrialState.DIVERGED, diverged_step=t.step, probes=t.drained())
-
+    t = _Trial(trial, data, device, on_eval, deadline=deadline)
     if resume is not None:
         t.restore(resume)
         if stop_at_step is not None and t.step >= stop_at_step:
             return Outcome(state=TrialState.RUNNING)  # already paused at or past the stop
     else:
-        on_eval(
-            t.record(run_loss=math.nan, run_acc=math.nan, window=None, full=True),
-            t.checkpoint(),
-            t.drained(),
-        )
-        t.eval_idx += 1
-
+        t.emit(t.record(window=None, full=True), with_checkpoint=True)
     t.model.train()
-    while not t.exhausted():
-        # ---- one epoch (or the part of it the budget allows) -----------------------------------
-        B, epoch_lr = plan.epoch(t.samples // n)
-        t.set_lr(epoch_lr)
-        t.autograd.set_batch_size(B)
-        perm = torch.randperm(n, generator=t.shuffle)  # on the CPU: the same order on any device
-        window = _Window(device)
-        for xb, yb in data.train.batches(perm, B):
-            if plan.warmup_steps and t.step <= plan.warmup_steps:
-                t.set_lr(plan.lr(t.step, epoch_lr))  # the ramp, then the epoch's lr from its end
-            t.train_step(xb, yb, window)
-            if t.step % check_every == 0:
-                if not math.isfinite(window.loss_sum.item()):  # deliberate sync (free on CPU)
-                    return diverged()
-                if seconds is not None and t.train_time + window.elapsed() >= seconds:
-                    break
-            if plan.stops_within_epoch(step=t.step, samples=t.samples):
-                break
-            if t.step % 200 == 0:
-                progress(math.nan, math.nan)
-        run_loss, run_acc, elapsed = window.close(t.task)
-        t.train_time += elapsed
-        if not math.isfinite(run_loss):
-            return diverged()
-        done = t.exhausted()
-        at = plan.after_epoch(samples=t.samples, done=done)
-        if at.evaluate:
-            if done and t.suite is not None:
-                t.suite.finish(t.ctx.at(t.step))  # end-of-training probes: Hessian, sharpness...
-            rec = t.record(run_loss=run_loss, run_acc=run_acc, window=window, full=at.full_train)
-            on_eval(rec, t.checkpoint() if at.checkpoint else None, t.drained())
-            t.eval_idx += 1
-            if stop_at_step is not None and at.checkpoint and not done and t.step >= stop_at_step:
-                return Outcome(state=TrialState.RUNNING)  # paused on the checkpoint just stored
-        progress(run_loss, run_acc)
+    if run_epochs(t, device=device, stop_at_step=stop_at_step, on_progress=on_progress):
+        return Outcome(state=TrialState.RUNNING)
+    if t.diverged_step is not None:
+        return Outcome(state=TrialState.DIVERGED, diverged_step=t.diverged_step, probes=t.drained())
     return Outcome(state=TrialState.COMPLETE, weights=t.weights())
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -47,9 +47,10 @@ from batchlab.engine import (
     make_optimizer,
     peak_memory_bytes,
     reset_peak_memory,
+    run_epochs,
 )
 from batchlab.models import MLP
-from batchlab.plan import TrialPlan
+from batchlab.plan import Evaluation, TrialPlan
 from batchlab.spec import TrialSpec
 from batchlab.step import sgd_direction
 from batchlab.trial import EvalRecord, TrialState
@@ -189,6 +190,265 @@ def _evaluate(
     return (loss / n).tolist(), (correct.double() / n).tolist()  # one sync per split
 
 
+class _Group:
+    """The members of a group as one `engine.Runner`: stacked weights, the stacked step, and one
+    record per member at each evaluation. `engine.run_epochs` trains it like any trial."""
+
+    def __init__(
+        self,
+        trials: Sequence[TrialSpec],
+        data: Dataset,
+        device: torch.device,
+        sinks: Sequence[EvalSink],
+    ) -> None:
+        first = trials[0]
+        self.spec, self.data, self.device = first.study, data, device
+        self.x, self.y = data.x_train, data.y_train
+        self.n = n = self.x.shape[0]
+        self.x_flat = self.x.reshape(n, -1)
+        self.members: list[_Member] = []
+        for t, sink in zip(trials, sinks, strict=True):
+            model = build_model_for(self.spec, data, seed=t.seed)
+            assert isinstance(model, MLP)
+            model = model.to(device)
+            self.members.append(
+                _Member(
+                    trial=t,
+                    sink=sink,
+                    shuffle=torch.Generator().manual_seed(t.seed),  # CPU: one order anywhere
+                    model=model,
+                    optimizer=make_optimizer(self.spec, model.parameters(), t.lr),
+                    lr=t.lr,
+                )
+            )
+        self.names = [k for k, _ in self.members[0].model.named_parameters()]
+        self.params = [
+            _to_stacked(
+                torch.stack([dict(m.model.named_parameters())[k].detach() for m in self.members])
+            )
+            .contiguous()
+            .requires_grad_(True)
+            for k in self.names
+        ]
+        self.bufs: list[torch.Tensor] | None = None  # momentum buffers, stacked like params
+        group = self.members[0].optimizer.param_groups[0]
+        self.momentum, self.wd = group["momentum"], group["weight_decay"]
+        self.nesterov = group["nesterov"]
+        self.alive = list(range(len(self.members)))  # positions in `members` of the stack's rows
+        self.outcomes: list[Outcome | None] = [None] * len(self.members)
+        self.plan = TrialPlan(first, n)  # the schedule the members share (seed and lr aside)
+        self.plans = [TrialPlan(m.trial, n) for m in self.members]  # for each member's own lr
+        self.step = self.samples = self.eval_idx = 0
+        self.train_time = 0.0
+        self.running = (math.nan, math.nan)
+        self.run_loss: list[float] = [math.nan] * len(self.members)
+        self.run_acc: list[float] = [math.nan] * len(self.members)
+        self.epoch_lrs: dict[int, float] = {}
+        self.lrs: list[torch.Tensor] = []
+        self.perms = torch.empty(0, dtype=torch.int64)
+        self.loss_sum = self.correct = torch.zeros(0)
+        self.seen = 0
+        self.t_start = self.window = 0.0
+
+    # ---- lrs and the stack -----------------------------------------------------------------------
+
+    def lr_views(self) -> list[torch.Tensor]:
+        """-lr of each live member, shaped to broadcast against each stacked parameter."""
+        neg = torch.tensor(
+            [-self.members[i].lr for i in self.alive],
+            device=self.device,
+            dtype=self.params[0].dtype,
+        )
+        return [neg.view(-1, *([1] * (p.dim() - 1))) for p in self.params]
+
+    def set_lrs(self, lrs: dict[int, float]) -> None:
+        """Set each live member's lr (keyed by its position in `trials`)."""
+        for i in self.alive:
+            self.members[i].lr = lrs[i]
+        self.lrs = self.lr_views()
+
+    def drop(self, rows: list[int]) -> None:
+        """Record the members at `rows` DIVERGED at this step and remove them from the stack (and
+        from the epoch's running sums)."""
+        for row in rows:
+            self.outcomes[self.alive[row]] = Outcome(
+                state=TrialState.DIVERGED, diverged_step=self.step
+            )
+        keep = [r for r in range(len(self.alive)) if r not in rows]
+        self.alive = [self.alive[r] for r in keep]
+        if not keep:
+            return
+        sel = torch.tensor(keep, device=self.device)
+        with torch.no_grad():
+            self.params = [
+                p.detach().index_select(0, sel).requires_grad_(True) for p in self.params
+            ]
+            if self.bufs is not None:
+                self.bufs = [b.index_select(0, sel) for b in self.bufs]
+        self.loss_sum, self.correct, self.perms = (
+            self.loss_sum[sel],
+            self.correct[sel],
+            self.perms[sel],
+        )
+        self.run_loss = [self.run_loss[r] for r in keep]
+        self.run_acc = [self.run_acc[r] for r in keep]
+        self.lrs = self.lr_views()
+
+    # ---- the Runner interface --------------------------------------------------------------------
+
+    def live(self) -> bool:
+        return bool(self.alive)
+
+    def exhausted(self) -> bool:
+        return self.plan.exhausted(step=self.step, samples=self.samples)
+
+    def begin_epoch(self, epoch: int) -> Iterator[int]:
+        self.B = self.plan.epoch(epoch)[0]  # the same for every member
+        self.epoch_lrs = {i: self.plans[i].epoch(epoch)[1] for i in self.alive}
+        self.set_lrs(self.epoch_lrs)
+        # (G, n): row r is the epoch's permutation of member alive[r], from its own generator
+        self.perms = torch.stack(
+            [torch.randperm(self.n, generator=self.members[i].shuffle) for i in self.alive]
+        ).to(self.device)
+        self.loss_sum = torch.zeros(len(self.alive), device=self.device)
+        self.correct = torch.zeros(len(self.alive), device=self.device, dtype=torch.int64)
+        self.seen = 0
+        _sync(self.device)
+        self.t_start = time.perf_counter()
+        return iter(range(0, self.n, self.B))  # batch starts: rows are read at the step
+
+    def warmup(self) -> None:
+        self.set_lrs({j: self.plans[j].lr(self.step, self.epoch_lrs[j]) for j in self.alive})
+
+    def train_step(self, start: int) -> None:
+        params = self.params
+        idx = self.perms[:, start : start + self.B]  # (G, bs): each member's own batch
+        xb, yb = self.x_flat[idx], self.y[idx]
+        g, bs = idx.shape
+        for p in params:
+            p.grad = None
+        out = _forward(params, xb)
+        c = out.shape[-1]
+        losses = (
+            F.cross_entropy(out.reshape(-1, c), yb.reshape(-1), reduction="none")
+            .view(g, bs)
+            .mean(dim=1)
+        )
+        losses.sum().backward()  # type: ignore[no-untyped-call]  # members share nothing
+        self.loss_sum += losses.detach() * bs
+        self.correct += (out.detach().argmax(dim=2) == yb).sum(dim=1)
+        with torch.no_grad():  # `step.sgd_step`'s arithmetic, one lr per member
+            grads, self.bufs = sgd_direction(
+                [p.grad for p in params if p.grad is not None],
+                params,
+                self.bufs,
+                momentum=self.momentum,
+                weight_decay=self.wd,
+                nesterov=self.nesterov,
+            )
+            for p, g_, neg_lr in zip(params, grads, self.lrs, strict=True):
+                p.addcmul_(g_, neg_lr)  # p + (-lr) g, rounded as the engine's alpha=-lr
+        self.step += 1
+        self.seen += bs
+        self.samples += bs
+
+    def check(self) -> bool:
+        finite = torch.isfinite(self.loss_sum).tolist()  # deliberate sync (free on CPU)
+        bad = [r for r, ok in enumerate(finite) if not ok]
+        if bad:
+            self.drop(bad)
+        return not self.alive
+
+    def end_epoch(self) -> bool:
+        _sync(self.device)
+        self.window = time.perf_counter() - self.t_start
+        self.train_time += self.window
+        if not self.alive:
+            return False
+        self.run_loss = (self.loss_sum.double() / self.seen).tolist()  # float32 sum, then / seen
+        self.run_acc = (self.correct.double() / self.seen).tolist()
+        bad = [r for r, v in enumerate(self.run_loss) if not math.isfinite(v)]
+        if bad:
+            self.drop(bad)
+        return bool(self.alive)
+
+    def evaluate(self, at: Evaluation, *, done: bool) -> None:
+        self.record_all(full=at.full_train, with_checkpoint=at.checkpoint)
+
+    # ---- records and checkpoints -----------------------------------------------------------------
+
+    def member_state(self, row: int) -> dict[str, torch.Tensor]:
+        return {
+            k: _from_stacked(p[row]).detach().cpu().clone(memory_format=torch.contiguous_format)
+            for k, p in zip(self.names, self.params, strict=True)
+        }
+
+    def checkpoint(self, row: int, m: _Member) -> Checkpoint:
+        # Write the member's rows into its template model and optimizer, so the checkpoint has
+        # exactly the layout `train_trial` saves and loads.
+        with torch.no_grad():
+            for p, stacked in zip(m.model.parameters(), self.params, strict=True):
+                p.copy_(_from_stacked(stacked[row]))
+        opt = m.optimizer
+        for group in opt.param_groups:
+            group["lr"] = m.lr
+        if self.bufs is not None:
+            for p, buf in zip(m.model.parameters(), self.bufs, strict=True):
+                opt.state[p]["momentum_buffer"] = _from_stacked(buf[row]).contiguous()
+        return Checkpoint(
+            eval_idx=self.eval_idx,
+            step=self.step,
+            samples=self.samples,
+            train_time_s=self.train_time,
+            model_state={k: v.detach().cpu().clone() for k, v in m.model.state_dict().items()},
+            optimizer_state=_to_cpu(opt.state_dict()),
+            generator_state=m.shuffle.get_state(),
+        )
+
+    def record_all(self, *, full: bool, with_checkpoint: bool) -> None:
+        spec, data, params, n = self.spec, self.data, self.params, self.n
+        t0 = time.perf_counter()
+        val = _evaluate(params, data.x_val, data.y_val, spec.eval_batch_size)
+        test = _evaluate(params, data.x_test, data.y_test, spec.eval_batch_size)
+        g = len(self.alive)
+        tr = (
+            _evaluate(params, self.x, self.y, spec.eval_batch_size)
+            if full
+            else ([math.nan] * g, [math.nan] * g)
+        )
+        eval_time = time.perf_counter() - t0
+        peak = peak_memory_bytes(self.device)
+        for row, i in enumerate(self.alive):
+            m = self.members[i]
+            rec = EvalRecord(
+                idx=self.eval_idx,
+                epoch=self.samples / n,
+                step=self.step,
+                samples=self.samples,
+                current_lr=m.lr,
+                train_loss=self.run_loss[row],
+                train_acc=self.run_acc[row],
+                val_loss=val[0][row],
+                val_acc=val[1][row],
+                test_loss=test[0][row],
+                test_acc=test[1][row],
+                full_train_loss=tr[0][row],
+                full_train_acc=tr[1][row],
+                train_time_s=self.train_time,
+                eval_time_s=eval_time,
+                samples_per_s=self.seen / self.window if self.window > 0 else math.nan,
+                peak_mem_bytes=peak,
+            )
+            m.sink(rec, self.checkpoint(row, m) if with_checkpoint else None, [])
+        self.eval_idx += 1
+
+    def finish(self) -> list[Outcome]:
+        for row, i in enumerate(self.alive):
+            self.outcomes[i] = Outcome(state=TrialState.COMPLETE, weights=self.member_state(row))
+        assert all(o is not None for o in self.outcomes)
+        return [o for o in self.outcomes if o is not None]
+
+
 def train_group(
     trials: Sequence[TrialSpec],
     data: Dataset,
@@ -200,248 +460,15 @@ def train_group(
 
     Each member's evaluations go to its own sink (`sinks[i]` for `trials[i]`), with the same
     records and engine-format checkpoints `train_trial` would hand it, so a fused trial is stored
-    and resumed like any other.
+    and resumed like any other. The loop is the engine's (`engine.run_epochs`).
     """
     reason = _why_not(trials, min_size=1)
     if reason is not None:
         raise ValueError(f"cannot fuse these trials: {reason}")
     if len(sinks) != len(trials):
         raise ValueError(f"need one sink per trial: {len(trials)} trials, {len(sinks)} sinks")
-    first = trials[0]
-    spec = first.study
-    x, y = data.x_train, data.y_train
-    n = x.shape[0]
-    x_flat = x.reshape(n, -1)
-    check_every = 1 if device.type == "cpu" else 25  # as in the engine: same diverged_step
-
-    members: list[_Member] = []
-    for t, sink in zip(trials, sinks, strict=True):
-        model = build_model_for(spec, data, seed=t.seed)
-        assert isinstance(model, MLP)
-        model = model.to(device)
-        members.append(
-            _Member(
-                trial=t,
-                sink=sink,
-                shuffle=torch.Generator().manual_seed(t.seed),  # CPU: same order on any device
-                model=model,
-                optimizer=make_optimizer(spec, model.parameters(), t.lr),
-                lr=t.lr,
-            )
-        )
-    names = [k for k, _ in members[0].model.named_parameters()]
-    params = [
-        _to_stacked(torch.stack([dict(m.model.named_parameters())[k].detach() for m in members]))
-        .contiguous()
-        .requires_grad_(True)
-        for k in names
-    ]
-    bufs: list[torch.Tensor] | None = None  # momentum buffers, stacked like params
-    group = members[0].optimizer.param_groups[0]
-    momentum, wd, nesterov = group["momentum"], group["weight_decay"], group["nesterov"]
-    alive = list(range(len(members)))  # positions in `members` of the rows of the stack
-    outcomes: list[Outcome | None] = [None] * len(members)
+    group = _Group(trials, data, device, sinks)
     reset_peak_memory(device)
-
-    step = samples = eval_idx = 0
-    train_time = 0.0
-
-    def lr_views() -> list[torch.Tensor]:
-        """-lr of each live member, shaped to broadcast against each stacked parameter."""
-        neg = torch.tensor([-members[i].lr for i in alive], device=device, dtype=params[0].dtype)
-        return [neg.view(-1, *([1] * (p.dim() - 1))) for p in params]
-
-    def set_lrs(lrs: dict[int, float]) -> list[torch.Tensor]:
-        """Set each live member's lr (keyed by its position in `trials`); the per-param views."""
-        for i in alive:
-            members[i].lr = lrs[i]
-        return lr_views()
-
-    plan = TrialPlan(first, n)  # the schedule every member shares (they differ in seed and lr)
-    plans = [TrialPlan(m.trial, n) for m in members]  # for each member's own lr
-
-    def exhausted() -> bool:
-        return plan.exhausted(step=step, samples=samples)
-
-    def member_state(row: int) -> dict[str, torch.Tensor]:
-        return {
-            k: _from_stacked(p[row]).detach().cpu().clone(memory_format=torch.contiguous_format)
-            for k, p in zip(names, params, strict=True)
-        }
-
-    def checkpoint(row: int, m: _Member) -> Checkpoint:
-        # Write the member's rows into its template model and optimizer, so the checkpoint has
-        # exactly the layout `train_trial` saves and loads.
-        with torch.no_grad():
-            for p, stacked in zip(m.model.parameters(), params, strict=True):
-                p.copy_(_from_stacked(stacked[row]))
-        opt = m.optimizer
-        for group in opt.param_groups:
-            group["lr"] = m.lr
-        if bufs is not None:
-            for p, buf in zip(m.model.parameters(), bufs, strict=True):
-                opt.state[p]["momentum_buffer"] = _from_stacked(buf[row]).contiguous()
-        return Checkpoint(
-            eval_idx=eval_idx,
-            step=step,
-            samples=samples,
-            train_time_s=train_time,
-            model_state={k: v.detach().cpu().clone() for k, v in m.model.state_dict().items()},
-            optimizer_state=_to_cpu(opt.state_dict()),
-            generator_state=m.shuffle.get_state(),
-        )
-
-    def record_all(
-        *,
-        run_loss: list[float],
-        run_acc: list[float],
-        window_samples: int,
-        window_time: float,
-        full: bool,
-        with_checkpoint: bool,
-    ) -> None:
-        t0 = time.perf_counter()
-        val = _evaluate(params, data.x_val, data.y_val, spec.eval_batch_size)
-        test = _evaluate(params, data.x_test, data.y_test, spec.eval_batch_size)
-        g = len(alive)
-        tr = (
-            _evaluate(params, x, y, spec.eval_batch_size)
-            if full
-            else ([math.nan] * g, [math.nan] * g)
-        )
-        eval_time = time.perf_counter() - t0
-        peak = peak_memory_bytes(device)
-        for row, i in enumerate(alive):
-            m = members[i]
-            rec = EvalRecord(
-                idx=eval_idx,
-                epoch=samples / n,
-                step=step,
-                samples=samples,
-                current_lr=m.lr,
-                train_loss=run_loss[row],
-                train_acc=run_acc[row],
-                val_loss=val[0][row],
-                val_acc=val[1][row],
-                test_loss=test[0][row],
-                test_acc=test[1][row],
-                full_train_loss=tr[0][row],
-                full_train_acc=tr[1][row],
-                train_time_s=train_time,
-                eval_time_s=eval_time,
-                samples_per_s=window_samples / window_time if window_time > 0 else math.nan,
-                peak_mem_bytes=peak,
-            )
-            m.sink(rec, checkpoint(row, m) if with_checkpoint else None, [])
-
-    def drop(rows: list[int]) -> None:
-        """Record the members at `rows` DIVERGED at this step and remove them from the stack."""
-        nonlocal params, bufs, alive
-        for row in rows:
-            outcomes[alive[row]] = Outcome(state=TrialState.DIVERGED, diverged_step=step)
-        keep = [r for r in range(len(alive)) if r not in rows]
-        if not keep:
-            alive = []
-            return
-        sel = torch.tensor(keep, device=device)
-        with torch.no_grad():
-            params = [p.detach().index_select(0, sel).requires_grad_(True) for p in params]
-            if bufs is not None:
-                bufs = [b.index_select(0, sel) for b in bufs]
-        alive = [alive[r] for r in keep]
-
-    nan = [math.nan] * len(members)
-    record_all(
-        run_loss=nan, run_acc=nan, window_samples=0, window_time=0, full=True, with_checkpoint=True
-    )
-    eval_idx += 1
-
-    while alive and not exhausted():
-        # ---- one epoch for every member (or the part of it the budget allows) -----------------
-        epoch = samples // n
-        B = plan.epoch(epoch)[0]  # the same for every member: same batch and schedule
-        epoch_lrs = {i: plans[i].epoch(epoch)[1] for i in alive}
-        lrs = set_lrs(epoch_lrs)
-        # (G, n): row r is the epoch's permutation of member alive[r], from its own generator
-        perms = torch.stack([torch.randperm(n, generator=members[i].shuffle) for i in alive])
-        perms = perms.to(device)
-        loss_sum = torch.zeros(len(alive), device=device)
-        correct = torch.zeros(len(alive), device=device, dtype=torch.int64)
-        seen = 0
-        _sync(device)
-        t_start = time.perf_counter()
-        for i in range(0, n, B):
-            if plan.warmup_steps and step <= plan.warmup_steps:  # the ramp, then the epoch's lr
-                lrs = set_lrs({j: plans[j].lr(step, epoch_lrs[j]) for j in alive})
-            idx = perms[:, i : i + B]  # (G, bs): each member's own batch
-            xb, yb = x_flat[idx], y[idx]
-            g, bs = idx.shape
-            for p in params:
-                p.grad = None
-            out = _forward(params, xb)
-            c = out.shape[-1]
-            losses = (
-                F.cross_entropy(out.reshape(-1, c), yb.reshape(-1), reduction="none")
-                .view(g, bs)
-                .mean(dim=1)
-            )
-            losses.sum().backward()  # type: ignore[no-untyped-call]  # members share nothing
-            loss_sum += losses.detach() * bs
-            correct += (out.detach().argmax(dim=2) == yb).sum(dim=1)
-            with torch.no_grad():  # `step.sgd_step`'s arithmetic, one lr per member
-                grads, bufs = sgd_direction(
-                    [p.grad for p in params if p.grad is not None],
-                    params,
-                    bufs,
-                    momentum=momentum,
-                    weight_decay=wd,
-                    nesterov=nesterov,
-                )
-                for p, g_, neg_lr in zip(params, grads, lrs, strict=True):
-                    p.addcmul_(g_, neg_lr)  # p + (-lr) g, rounded as the engine's alpha=-lr
-            step += 1
-            seen += bs
-            samples += bs
-            if step % check_every == 0:
-                finite = torch.isfinite(loss_sum).tolist()  # deliberate sync (free on CPU)
-                bad = [r for r, ok in enumerate(finite) if not ok]
-                if bad:
-                    keep = [r for r in range(len(alive)) if r not in bad]
-                    drop(bad)
-                    if not alive:
-                        break
-                    sel = torch.tensor(keep, device=device)
-                    loss_sum, correct, perms = loss_sum[sel], correct[sel], perms[sel]
-                    lrs = lr_views()
-            if plan.stops_within_epoch(step=step, samples=samples):
-                break
-        _sync(device)
-        window = time.perf_counter() - t_start
-        train_time += window
-        if not alive:
-            break
-        run_loss = (loss_sum.double() / seen).tolist()  # as the engine: float32 sum, then / seen
-        run_acc = (correct.double() / seen).tolist()
-        bad = [r for r, v in enumerate(run_loss) if not math.isfinite(v)]
-        if bad:
-            keep = [r for r in range(len(alive)) if r not in bad]
-            drop(bad)
-            if not alive:
-                break
-            run_loss = [run_loss[r] for r in keep]
-            run_acc = [run_acc[r] for r in keep]
-        at = plan.after_epoch(samples=samples, done=exhausted())
-        if at.evaluate:
-            record_all(
-                run_loss=run_loss,
-                run_acc=run_acc,
-                window_samples=seen,
-                window_time=window,
-                full=at.full_train,
-                with_checkpoint=at.checkpoint,
-            )
-            eval_idx += 1
-    for row, i in enumerate(alive):
-        outcomes[i] = Outcome(state=TrialState.COMPLETE, weights=member_state(row))
-    assert all(o is not None for o in outcomes)
-    return [o for o in outcomes if o is not None]
+    group.record_all(full=True, with_checkpoint=True)  # before training, as the engine does
+    run_epochs(group, device=device)
+    return group.finish()

@@ -42,7 +42,7 @@ from batchlab.data import load_dataset, tensor_rows
 from batchlab.engine import peak_memory_bytes, reset_peak_memory, resolve_device
 from batchlab.errors import SpecError
 from batchlab.models import build_model
-from batchlab.step import backward_batch
+from batchlab.step import Step, make_step
 from batchlab.tasks import Task
 from batchlab.tasks.classification import Classification
 
@@ -176,12 +176,9 @@ def matmul_peak_flops(device: torch.device, *, n: int = 2048, repeats: int = 3) 
     return 2.0 * n**3 / best
 
 
-def _step(
-    model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, task: Task
-) -> None:
-    opt.zero_grad(set_to_none=True)
-    backward_batch(model, task, x, y)
-    opt.step()
+def _step(step: Step, x: torch.Tensor, y: torch.Tensor) -> None:
+    step.backward(x, y, torch.zeros((), device=y.device))
+    step.update()
 
 
 def time_steps(
@@ -200,15 +197,16 @@ def time_steps(
     cross-entropy by default)."""
     task = task if task is not None else Classification()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    step = make_step(model, opt, task)  # the step the engine takes: the same kernels
     _sync(device)
     reset_peak_memory(device)
     before = peak_memory_bytes(device)
     for _ in range(warmup):
-        _step(model, opt, x, y, task)
+        _step(step, x, y)
     _sync(device)
     steps, t0 = 0, time.perf_counter()
     while steps < min_steps or time.perf_counter() - t0 < min_time_s:
-        _step(model, opt, x, y, task)
+        _step(step, x, y)
         steps += 1
         if steps >= min_steps:
             _sync(device)
@@ -427,7 +425,7 @@ def profile_hardware(
         def cuda_step(b: int) -> int:
             xb, yb = batch(b)
             torch.cuda.reset_peak_memory_stats(dev)
-            _step(net, torch.optim.SGD(net.parameters(), lr=1e-3), xb, yb, data.task)
+            _step(make_step(net, torch.optim.SGD(net.parameters(), lr=1e-3), data.task), xb, yb)
             _sync(dev)
             return int(torch.cuda.max_memory_allocated(dev))
 

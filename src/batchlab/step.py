@@ -7,13 +7,14 @@ two, a probe may read `p.grad` and the pre-update weights when the step is `spli
   task: a batch is split into micro-batches of `micro` examples, each contributes its share of
   the batch's mean loss over the task's units, and the gradients add up in `p.grad` to the whole
   batch's mean gradient, exact for any split (a partial last batch, unequal token counts); then
-  `sgd_step` or the optimizer's own step. `profile` and `suggest`'s short runs take their
-  gradients from `backward_batch` too.
+  `sgd_step` or the optimizer's own step.
 - `FastMLPStep`: the hand-written MLP + SGD step (`batchlab.fastpath`), forward, backward and
   update in one call, not split.
 
-The stacked step of fused trials (`batchlab.fused`) applies `sgd_step`'s arithmetic with one lr
-per member.
+`make_step` picks the faster of the two for a model; `profile` times the step it picks. The
+stacked step of fused trials (`batchlab.fused`) applies `sgd_step`'s arithmetic with one lr per
+member. The engine's loop (`engine.run_epochs`) drives a trial's steps and a fused group's alike;
+`suggest`'s short run is a trial of the engine.
 """
 
 from __future__ import annotations
@@ -211,3 +212,13 @@ class FastMLPStep:
 
     def update(self) -> None:
         pass
+
+
+def make_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, *, accumulate: int = 1
+) -> Step:
+    """The fastest step that trains `model` exactly: the hand-written MLP step where it applies,
+    else autograd (what the engine takes on steps where no probe reads gradients)."""
+    if FastMLPStep.supports(model, optimizer, task, accumulate=accumulate):
+        return FastMLPStep(model, optimizer)
+    return AutogradStep(model, optimizer, task, accumulate=accumulate)

@@ -11,8 +11,9 @@ sweep it would replace, and returns a `Suggestion`:
    training-set size: samples/s per batch size and the largest batch that fits. A fixed number
    of timed steps per size (about 10% of the budget, 3 to 50 steps after one warm-up), counted
    against the budget.
-3. A short SGD run at a small batch b (default 32) with the user's lr, measuring the simple noise
-   scale every T/M steps with the probe's unbiased two-batch estimator
+3. A short SGD run at a small batch b (default 32) with the user's lr (one trial, trained by the
+   engine with the noise-scale probe), measuring the simple noise scale every T/M steps with
+   the probe's unbiased two-batch estimator
    (`batchlab.probes.noise_scale.estimate_noise`: `draws` batches of b and their average). The
    run gets what the budget leaves after the profile, less the measurements' own passes (at
    most a quarter of it: fewer measurements, at least 4, on a small budget), but
@@ -54,15 +55,12 @@ import torch
 
 from batchlab import presets
 from batchlab.data import Dataset, load_dataset
-from batchlab.engine import make_optimizer, resolve_device
+from batchlab.engine import resolve_device, train_trial
 from batchlab.errors import BatchlabError, SpecError
-from batchlab.models import build_model
-from batchlab.probes import probe_generator
-from batchlab.probes.noise_scale import estimate_noise
+from batchlab.probes import ProbeRecord
 from batchlab.profile import HardwareProfile, profile_hardware
 from batchlab.spec import StudySpec, TrialSpec, load_spec, spec_from_dict
-from batchlab.step import backward_batch
-from batchlab.trial import TrialState
+from batchlab.trial import EvalRecord, TrialState
 
 DEFAULT_REFERENCE = "seed-sweep"  # the preset whose grid defines the default reference sweep
 TIE = 0.05  # predicted times within 5% of the least count as tied
@@ -149,8 +147,7 @@ class NoiseMeasurement:
     """One two-batch measurement during the short run (unbiased, noisy estimates)."""
 
     step: int
-    samples: int  # training samples seen before it
-    train_loss: float  # mean training loss over the steps since the previous measurement
+    samples: int  # training samples seen when it was made
     trace: float  # tr(Sigma)
     g2: float  # |G|^2
 
@@ -235,8 +232,8 @@ class ShortRun:
     noise_samples: int  # passes spent measuring (draws x batch per measurement)
     seconds: float
     stopped_by_time: bool
-    first_loss: float
-    last_loss: float
+    first_loss: float  # over the training set, at the initial weights...
+    last_loss: float  # ...and at the end
     measurements: tuple[NoiseMeasurement, ...]
 
 
@@ -262,83 +259,73 @@ def short_run(
     device: torch.device,
     max_seconds: float,
 ) -> ShortRun:
-    """SGD for `steps` steps (shuffled epochs, as the engine trains), measuring the noise scale at
-    evenly spaced steps; stops early once `max_seconds` of wall time have passed."""
-    spec = StudySpec(name="suggest", optimizer="sgd", momentum=momentum)
-    net = build_model(
-        model, model_args, input_shape=data.input_shape, num_classes=data.num_classes, seed=seed
-    ).to(device)
-    opt = make_optimizer(spec, net.parameters(), lr)
-    x, y = data.x_train.to(device), data.y_train.to(device)
-    n = x.shape[0]
-    shuffle = torch.Generator().manual_seed(seed)
-    probe_gen = probe_generator(seed)
-    when = set(measurement_steps(steps, measurements))
-    out: list[NoiseMeasurement] = []
-    step = samples = noise_samples = 0
-    loss_sum, loss_n = 0.0, 0
-    first_loss = math.nan
+    """A trial of SGD for `steps` steps, trained by the engine (`engine.train_trial`) with the
+    noise-scale probe measuring at evenly spaced steps (each measurement on its own: no EMA);
+    stops early once `max_seconds` of wall time have passed. Training loss: over the whole
+    training set at the start and at the end."""
+    when = measurement_steps(steps, measurements)
+    spec = StudySpec.model_validate(
+        {
+            "name": "suggest",
+            "model": model,
+            "model_args": model_args,
+            "optimizer": "sgd",
+            "momentum": momentum,
+            "lrs": [lr],
+            "batch_sizes": [batch_size],
+            "seeds": [seed],
+            "budget": {"steps": steps},
+            "val_fraction": 0.0,
+            "probes": ["noise_scale"],
+            "probe_args": {"noise_scale": {"draws": draws, "beta": 0.0, "steps": when}},
+        }
+    )
+    trial = spec.trials(n_train=data.n_train)[0]
+    records: list[EvalRecord] = []
+    probes: list[ProbeRecord] = []
+
+    def sink(rec: EvalRecord, _ckpt: object, probed: list[ProbeRecord]) -> None:
+        records.append(rec)
+        probes.extend(probed)
+
     t0 = time.perf_counter()
-    stopped = False
-    net.train()
-    while step < steps and not stopped:
-        perm = torch.randperm(n, generator=shuffle).to(device)
-        for i in range(0, n, batch_size):
-            idx = perm[i : i + batch_size]
-            opt.zero_grad(set_to_none=True)
-            batch_loss = torch.zeros((), device=device)
-            _, units = backward_batch(net, data.task, x[idx], y[idx], loss_sum=batch_loss)
-            opt.step()
-            value = float(batch_loss) / float(units)  # deliberate sync: the run watches its loss
-            if not math.isfinite(value):
-                raise SuggestError(
-                    f"suggest: the short run diverged at step {step + 1} with lr {lr:g} at batch"
-                    f" {batch_size}; lower --lr"
-                )
-            first_loss = value if step == 0 else first_loss
-            loss_sum, loss_n = loss_sum + value, loss_n + 1
-            step += 1
-            samples += int(idx.shape[0])
-            over = time.perf_counter() - t0 >= max_seconds
-            if step in when or (over and loss_n):
-                est = estimate_noise(
-                    net,
-                    data.task.mean_loss,
-                    x,
-                    y,
-                    small_batch=batch_size,
-                    draws=draws,
-                    generator=probe_gen,
-                )
-                noise_samples += batch_size * draws
-                out.append(
-                    NoiseMeasurement(
-                        step=step,
-                        samples=samples,
-                        train_loss=loss_sum / loss_n,
-                        trace=est.trace_total,
-                        g2=est.g2_total,
-                    )
-                )
-                loss_sum, loss_n = 0.0, 0
-            if over:
-                stopped = step < steps
-                break
-            if step >= steps:
-                break
+    out = train_trial(trial, data, device=device, on_eval=sink, deadline=t0 + max_seconds)
+    seconds = time.perf_counter() - t0
+    if out.state is TrialState.DIVERGED:
+        raise SuggestError(
+            f"suggest: the short run diverged at step {out.diverged_step} with lr {lr:g} at batch"
+            f" {batch_size}; lower --lr"
+        )
+    value = {(p.step, p.key): p.value for p in probes if p.probe == "noise_scale"}
+    taken = sorted({s for s, _ in value})
+    per_epoch = math.ceil(data.n_train / batch_size)
+
+    def samples_at(step: int) -> int:
+        epochs, rest = divmod(step, per_epoch)
+        return epochs * data.n_train + min(rest * batch_size, data.n_train)
+
+    last = records[-1]
     return ShortRun(
         batch_size=batch_size,
         lr=lr,
         momentum=momentum,
-        steps=step,
+        steps=last.step,
         planned_steps=steps,
-        train_samples=samples,
-        noise_samples=noise_samples,
-        seconds=time.perf_counter() - t0,
-        stopped_by_time=stopped,
-        first_loss=first_loss,
-        last_loss=out[-1].train_loss if out else math.nan,
-        measurements=tuple(out),
+        train_samples=last.samples,
+        noise_samples=len(taken) * batch_size * draws,
+        seconds=seconds,
+        stopped_by_time=last.step < steps,
+        first_loss=records[0].full_train_loss,
+        last_loss=last.full_train_loss,
+        measurements=tuple(
+            NoiseMeasurement(
+                step=s,
+                samples=samples_at(s),
+                trace=value[(s, "trace_sigma/total")],
+                g2=value[(s, "g2/total")],
+            )
+            for s in taken
+        ),
     )
 
 
