@@ -162,3 +162,23 @@ class DictItems(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
 def masked_token_items(**args: Any) -> tuple[DictItems, DictItems]:
     xa, ya, xb, yb = masked_tokens(**args)
     return DictItems(xa, ya), DictItems(xb, yb)
+
+
+def dict_tokens(
+    **args: Any,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """`tokens` as a dict batch of one entry, {"tokens": x}: the same data, read as `model(**x)`."""
+    x_tr, y_tr, x_te, y_te = tokens(**args)
+    return {"tokens": x_tr}, y_tr, {"tokens": x_te}, y_te
+
+
+class _DictBigram(nn.Sequential):
+    """`bigram` called as `model(tokens=...)`: the same parameters, names and initial weights."""
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out: torch.Tensor = self[1](self[0](tokens))
+        return out
+
+
+def dict_bigram(*, input_shape: tuple[int, ...], num_classes: int, width: int = 16) -> nn.Module:
+    return _DictBigram(nn.Embedding(num_classes, width), nn.Linear(width, num_classes))

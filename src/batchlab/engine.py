@@ -25,7 +25,6 @@ from torch import nn
 from batchlab.batch import Inputs
 from batchlab.data import Dataset
 from batchlab.data.rows import Rows
-from batchlab.errors import DataError
 from batchlab.models import build_model
 from batchlab.plan import Evaluation, TrialPlan
 from batchlab.probes import ProbeContext, ProbeRecord, ProbeSuite, probe_generator
@@ -279,12 +278,10 @@ class _Trial:
             if spec.probes
             else None
         )
-        probe_x = probe_y = torch.empty(0)  # never read without probes: nothing is fetched
+        probe_x: Inputs = torch.empty(0)  # never read without probes: nothing is fetched
+        probe_y = torch.empty(0)
         if self.suite is not None:
-            x, probe_y = data.train.head(len(data.train) if data.in_memory else PROBE_POOL)
-            if isinstance(x, dict):  # `prepare` refuses probes on dict batches up front
-                raise DataError("probes: dict batches cannot be probed yet; remove probes")
-            probe_x = x
+            probe_x, probe_y = data.train.head(len(data.train) if data.in_memory else PROBE_POOL)
         self.ctx = ProbeContext(
             model=self.model,
             loss_fn=self.task.mean_loss,

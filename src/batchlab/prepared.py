@@ -87,10 +87,6 @@ def prepare(spec: StudySpec, *, data_dir: Path | None = None) -> PreparedStudy:
             f"batch_sizes: {too_big} exceed the {data.n_train} training examples;"
             f" use batch sizes <= {data.n_train}"
         )
-    if any(v.probes for _, v in spec.resolved_variants()) and isinstance(
-        data.train.head(1)[0], dict
-    ):
-        raise SpecError("probes: dict batches cannot be probed yet; remove probes")
     try:
         device = resolve_device(spec.device)
         torch.empty(0, device=device)

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 import torch
 
-from batchlab.cli import main
 from batchlab.data import load_dataset
+from batchlab.engine import train_trial
+from batchlab.probes import ProbeRecord
 from batchlab.spec import spec_from_dict
 from batchlab.study import load_study, run_study
 from tests.conftest import SpecFactory
@@ -63,20 +64,47 @@ def test_a_study_of_dict_batches_stores_tokens(make_spec: SpecFactory, tmp_path:
     assert info.unit == "token" and 2 <= info.tokens_per_sample < 12  # padding counts for nothing
 
 
-def test_probes_on_dict_batches_are_refused_up_front(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    path = tmp_path / "s.toml"
-    path.write_text(
-        'name = "x"\ndataset = "tests.workloads:masked_tokens"\n'
-        'model = "tests.workloads:masked_bigram"\nbatch_sizes = [8]\nprobes = ["grad_norms"]\n'
+def _probe_records(spec: dict[str, Any]) -> list[tuple[int, str, str, float]]:
+    data = load_dataset(spec["dataset"], args=spec["dataset_args"], val_fraction=0.25)
+    probes: list[ProbeRecord] = []
+    trial = spec_from_dict(spec).trials(n_train=data.n_train)[0]
+    out = train_trial(
+        trial, data, device=torch.device("cpu"), on_eval=lambda _r, _c, p: probes.extend(p)
     )
-    with pytest.raises(SystemExit) as exit_info:
-        main(["run", str(path), "--store", str(tmp_path / "r.db")])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "probes" in err[0]
-    assert not (tmp_path / "r.db").exists()
+    assert out.state.value == "COMPLETE"
+    return [(r.step, r.probe, r.key, r.value) for r in probes]
+
+
+def test_every_probe_measures_a_dict_batch_as_the_same_tensor_batch(
+    make_spec: SpecFactory,
+) -> None:
+    """The same data and model, once as tensors and once as a dict batch read as `model(**x)`:
+    every probe (gradient noise, Hessian, sharpness, histograms...) gives the same numbers."""
+    base = make_spec(
+        dataset="tests.workloads:tokens",
+        dataset_args={"n_train": 64, "n_test": 16},
+        model="tests.workloads:bigram",
+        model_args={"width": 8},
+        lrs=[0.5],
+        batch_sizes=[16],
+        budget={"epochs": 2},
+        probes="full",
+        probe_args={
+            "hessian": {"subset": 32, "max_iters": 20},
+            "sharpness": {"subset": 32, "maxiter": 5},
+            "grad_histograms": {"batch_sizes": [4, 16], "draws": 20, "bins": 11},
+            "noise_scale": {"every": 4},
+        },
+    )
+    tensor = _probe_records(base)
+    as_dict = _probe_records(
+        {**base, "dataset": "tests.workloads:dict_tokens", "model": "tests.workloads:dict_bigram"}
+    )
+    assert {p for _, p, _, _ in tensor} == {
+        "grad_norms", "update_size", "distance", "noise_scale", "hessian", "sharpness",
+        "grad_histograms",
+    }  # fmt: skip
+    assert as_dict == tensor
 
 
 def test_dict_batch_helpers_split_and_take_every_entry() -> None:

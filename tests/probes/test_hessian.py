@@ -100,7 +100,8 @@ def test_probe_uses_a_fixed_subset_and_leaves_model_alone(
     second = probe.after_update(ctx.at(4))
     assert first[0].key == "total" and first[0].step == 3 and second[0].step == 4
     assert first[0].value == pytest.approx(second[0].value, rel=1e-4)  # same subset, same weights
-    assert probe._data is not None and probe._data[0].shape[0] == 40
+    assert probe._data is not None and isinstance(probe._data[0], torch.Tensor)
+    assert probe._data[0].shape[0] == 40
     # The reference on the same subset, in eval mode (BatchNorm uses its running statistics).
     model.eval()
     eig = full_hessian_spectrum(model.double(), probe._data[0].double(), probe._data[1])

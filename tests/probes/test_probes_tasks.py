@@ -392,8 +392,10 @@ def test_hessian_top_eigenvalue_matches_the_dense_hessian(any_case: Case) -> Non
     model = case.model(3)
     probe = HessianTop(schedule=Every(1), subset=40, max_iters=2000, tol=1e-12)
     records = {r.key: r.value for r in probe.after_update(_ctx(case, model, step=2))}
-    assert probe._data is not None and probe._data[0].shape[0] == 40
-    eig = full_hessian_spectrum(model, *probe._data, loss_fn=case.reference_loss)
+    assert probe._data is not None and isinstance(probe._data[0], torch.Tensor)
+    x, y = probe._data[0], probe._data[1]
+    assert x.shape[0] == 40
+    eig = full_hessian_spectrum(model, x, y, loss_fn=case.reference_loss)
     assert float(eig[-1]) > abs(float(eig[0]))  # the top eigenvalue is also the dominant one
     assert records["total"] == pytest.approx(float(eig[-1]), rel=1e-6)
     assert 1 < records["iterations"] < 2000

@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from batchlab import batch
+from batchlab.batch import Inputs
 from batchlab.probes.base import LossFn, ProbeRecord
 
 
@@ -54,13 +56,13 @@ def sample_indices(
 def batch_grads(
     model: nn.Module,
     loss_fn: LossFn,
-    x: torch.Tensor,
+    x: Inputs,
     y: torch.Tensor,
     params: Sequence[nn.Parameter],
 ) -> list[torch.Tensor]:
     """Gradients of the mean loss on (x, y), returned, never accumulated into `p.grad`."""
     with torch.enable_grad():
-        loss = loss_fn(model(x), y)
+        loss = loss_fn(batch.call(model, x), y)
         grads = torch.autograd.grad(loss, list(params), allow_unused=True)
     return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)]
 
@@ -103,18 +105,18 @@ def layer_records(
 
 
 def fixed_subset(
-    generator: torch.Generator, x: torch.Tensor, y: torch.Tensor, size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+    generator: torch.Generator, x: Inputs, y: torch.Tensor, size: int
+) -> tuple[Inputs, torch.Tensor]:
     """A subset of `size` distinct examples (all of them when size >= n), drawn once and kept."""
-    n = x.shape[0]
+    n = batch.rows(x)
     if size >= n:
         return x, y
-    idx = torch.randperm(n, generator=generator)[:size].to(x.device)
-    return x[idx], y[idx]
+    idx = torch.randperm(n, generator=generator)[:size].to(y.device)
+    return batch.take(x, idx), y[idx]
 
 
 def flat_loss(
-    model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor
+    model: nn.Module, loss_fn: LossFn, x: Inputs, y: torch.Tensor
 ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
     """The loss as a function of one flat parameter vector: (w0_flat, f) with f(w0_flat) = loss.
 
@@ -130,8 +132,10 @@ def flat_loss(
     def f(w: torch.Tensor) -> torch.Tensor:
         chunks = torch.split(w, sizes)
         params = {n: c.view(s) for n, c, s in zip(names, chunks, shapes, strict=True)}
-        out = functional_call(model, params, (x,))
-        loss: torch.Tensor = loss_fn(out, y)
+        out = functional_call(model, params, (), dict(x)) if isinstance(x, dict) else None
+        out = functional_call(model, params, (x,)) if out is None else out
+        logits = getattr(out, "logits", None)  # a Hugging Face style output
+        loss: torch.Tensor = loss_fn(logits if isinstance(logits, torch.Tensor) else out, y)
         return loss
 
     return w0, f

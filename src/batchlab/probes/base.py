@@ -10,17 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields, replace
-from typing import TYPE_CHECKING, ClassVar, Literal
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from batchlab.probes.schedule import Schedule
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # no torch at import: the store reads `ProbeRecord`s without it
     import pandas as pd
+    import torch
+    from torch import nn
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    from batchlab.batch import Inputs
+
+    LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+else:
+    LossFn = Callable[[Any, Any], Any]
 """`loss_fn(logits, targets) -> scalar mean loss`, e.g. `torch.nn.functional.cross_entropy`."""
 
 Tier = Literal["cheap", "standard", "full"]
@@ -66,7 +69,8 @@ def records_to_dataframe(records: Iterable[ProbeRecord]) -> pd.DataFrame:
 class ProbeContext:
     """What a probe may look at: the model, the loss, the training data and its own RNG.
 
-    `x_train, y_train` are the full training tensors (on the model's device); `batch_size` is the
+    `x_train, y_train` are the full training tensors (on the model's device; `x_train` may be a
+    dict of tensors, a dict batch: read it with `batchlab.batch`'s helpers); `batch_size` is the
     trial's batch size; `step` is the number of the optimizer update being made (0 before
     training). `generator` is a CPU `torch.Generator` owned by the probes (see `probe_generator`),
     so probing never consumes the training shuffle stream.
@@ -74,7 +78,7 @@ class ProbeContext:
 
     model: nn.Module
     loss_fn: LossFn
-    x_train: torch.Tensor
+    x_train: Inputs  # a tensor, or a dict of tensors (a dict batch)
     y_train: torch.Tensor
     step: int
     batch_size: int
@@ -87,6 +91,8 @@ class ProbeContext:
 
 def probe_generator(seed: int) -> torch.Generator:
     """The probes' own CPU generator for a trial seed, on a stream apart from the shuffle's."""
+    import torch
+
     # Offset by a fixed odd constant so seed s never reproduces the training shuffle of seed s.
     return torch.Generator().manual_seed((seed + 0x9E3779B97F4A7C15) % (2**63))
 

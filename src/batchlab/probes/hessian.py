@@ -14,6 +14,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from batchlab.batch import Inputs
 from batchlab.probes._util import fixed_subset, flat_loss, isolated
 from batchlab.probes.base import LossFn, Need, Probe, ProbeContext, ProbeRecord, Tier
 from batchlab.probes.schedule import AtEnd, Schedule
@@ -47,7 +48,7 @@ def _power_iteration(
 def hessian_top_eigenvalue(
     model: nn.Module,
     loss_fn: LossFn,
-    x: torch.Tensor,
+    x: Inputs,
     y: torch.Tensor,
     *,
     generator: torch.Generator,
@@ -95,7 +96,7 @@ class HessianTop(Probe):
     ) -> None:
         super().__init__(schedule=schedule)
         self.subset, self.max_iters, self.tol = subset, max_iters, tol
-        self._data: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._data: tuple[Inputs, torch.Tensor] | None = None
 
     @classmethod
     def default_schedule(cls, total_steps: int | None) -> Schedule:

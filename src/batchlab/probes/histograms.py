@@ -17,6 +17,8 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from batchlab import batch
+from batchlab.batch import Inputs
 from batchlab.probes._util import batch_grads, isolated, sample_indices, trainable
 from batchlab.probes.base import LossFn, Need, Probe, ProbeContext, ProbeRecord, Tier
 from batchlab.probes.schedule import AtEnd, Schedule
@@ -66,7 +68,7 @@ class GradientHistograms:
 
 
 def _flat_grad(
-    model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, params: list[nn.Parameter]
+    model: nn.Module, loss_fn: LossFn, x: Inputs, y: torch.Tensor, params: list[nn.Parameter]
 ) -> torch.Tensor:
     return torch.cat([g.reshape(-1) for g in batch_grads(model, loss_fn, x, y, params)]).double()
 
@@ -74,7 +76,7 @@ def _flat_grad(
 def gradient_histograms(
     model: nn.Module,
     loss_fn: LossFn,
-    x: torch.Tensor,
+    x: Inputs,
     y: torch.Tensor,
     *,
     batch_sizes: Sequence[int],
@@ -97,14 +99,17 @@ def gradient_histograms(
         raise ValueError(f"grad_histograms: draws must be >= 2, got {draws}")
     named = trainable(model)
     params = [p for _, p in named]
-    n, dev = x.shape[0], x.device
+    n, dev = batch.rows(x), y.device
     with isolated(model, train=True):
         if edges is None:
             b0, lim = min(batch_sizes), 0.0
             for _ in range(pilot_draws):
                 idx = sample_indices(generator, n, b0, dev)
                 lim = max(
-                    lim, float(_flat_grad(model, loss_fn, x[idx], y[idx], params).abs().max())
+                    lim,
+                    float(
+                        _flat_grad(model, loss_fn, batch.take(x, idx), y[idx], params).abs().max()
+                    ),
                 )
             lim = span * lim if lim > 0 else 1.0
             edges = np.linspace(-lim, lim, bins + 1)
@@ -122,7 +127,7 @@ def gradient_histograms(
             s2: torch.Tensor | None = None
             for _ in range(draws):
                 idx = sample_indices(generator, n, b, dev)
-                g = _flat_grad(model, loss_fn, x[idx], y[idx], params)
+                g = _flat_grad(model, loss_fn, batch.take(x, idx), y[idx], params)
                 # numpy.histogram: bin i is [e_i, e_{i+1}), the last bin also takes e_last.
                 pos = torch.bucketize(g, edges_t, right=True) - 1
                 pos = torch.where(g == edges_t[-1], nbins - 1, pos)

@@ -22,6 +22,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from batchlab import batch
+from batchlab.batch import Inputs
 from batchlab.probes._util import (
     batch_grads,
     isolated,
@@ -56,7 +58,7 @@ class NoiseEstimate:
 def estimate_noise(
     model: nn.Module,
     loss_fn: LossFn,
-    x: torch.Tensor,
+    x: Inputs,
     y: torch.Tensor,
     *,
     small_batch: int,
@@ -73,13 +75,13 @@ def estimate_noise(
         raise ValueError(f"noise_scale: draws must be >= 2, got {draws}")
     named = trainable(model)
     params = [p for _, p in named]
-    n = x.shape[0]
-    small_sq = torch.zeros(len(params), dtype=torch.float64, device=x.device)
+    n = batch.rows(x)
+    small_sq = torch.zeros(len(params), dtype=torch.float64, device=y.device)
     total: list[torch.Tensor] = [torch.zeros_like(p) for p in params]
     with isolated(model, train=True):
         for _ in range(draws):
-            idx = sample_indices(generator, n, small_batch, x.device)
-            grads = batch_grads(model, loss_fn, x[idx], y[idx], params)
+            idx = sample_indices(generator, n, small_batch, y.device)
+            grads = batch_grads(model, loss_fn, batch.take(x, idx), y[idx], params)
             small_sq += sq_norms(grads).to(small_sq.device)
             for acc, g in zip(total, grads, strict=True):
                 acc.add_(g)

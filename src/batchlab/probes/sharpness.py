@@ -21,6 +21,7 @@ import torch
 from scipy.optimize import Bounds, minimize
 from torch import nn
 
+from batchlab.batch import Inputs
 from batchlab.probes._util import fixed_subset, flat_loss, isolated
 from batchlab.probes.base import LossFn, Need, Probe, ProbeContext, ProbeRecord, Tier
 from batchlab.probes.schedule import AtEnd, Schedule
@@ -49,7 +50,7 @@ def random_subspace(
 def sharpness(
     model: nn.Module,
     loss_fn: LossFn,
-    x: torch.Tensor,
+    x: Inputs,
     y: torch.Tensor,
     *,
     eps: float = 1e-3,
@@ -115,7 +116,7 @@ class Sharpness(Probe):
     ) -> None:
         super().__init__(schedule=schedule)
         self.eps, self.maxiter, self.subspace_dim, self.subset = eps, maxiter, subspace_dim, subset
-        self._data: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._data: tuple[Inputs, torch.Tensor] | None = None
         self._a: torch.Tensor | None = None
 
     @classmethod
