@@ -46,6 +46,8 @@ FIGURES: dict[str, Figure[Any]] = {
     "ghost-bn": designs_variants.FIGURE,
     "lr-grid": designs_stability.FIGURE,
     "sharpness": probes_sharpness.FIGURE,
+    "lm-quick": accuracy.FIGURE,
+    "resnet-quick": designs_variants.FIGURE,
 }
 
 

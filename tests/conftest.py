@@ -67,3 +67,21 @@ def task_spec(request: pytest.FixtureRequest) -> SpecFactory:
         return {**base, **overrides}
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def idle_machine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests see an idle machine: `threads = "auto"` then keeps torch's default, whatever the
+    load of the box the suite runs on (tests/test_cpuload.py passes its own loads)."""
+    from batchlab import cpuload
+
+    if request.node.path.name == "test_cpuload.py":
+        return
+
+    monkeypatch.setattr(
+        cpuload,
+        "read_load",
+        lambda: cpuload.CpuLoad(
+            load=0.0, cpus=cpuload.usable_cores(), usable=cpuload.usable_cores()
+        ),
+    )

@@ -22,6 +22,8 @@ pytestmark = pytest.mark.skipif(
     [
         ["benchmarks/engine_speed.py", "--n", "512", "--repeats", "1", "--batch-sizes", "64"],
         ["benchmarks/probe_cost.py", "--repeats", "1", "--batch-sizes", "512"],
+        ["benchmarks/check_speed.py", "--repeats", "1", "--batch-sizes", "64"],
+        ["benchmarks/cli_start.py", "--repeats", "1"],
         [
             "benchmarks/engine_before_after.py",
             *("--rev", "HEAD", "--n", "256", "--repeats", "1", "--batch-sizes", "64"),
@@ -30,6 +32,11 @@ pytestmark = pytest.mark.skipif(
             "benchmarks/fused.py",
             *("--n", "256", "--seeds", "2", "--batch-sizes", "32", "--repeats", "1"),
             *("--widths", "32"),
+        ],
+        [
+            "benchmarks/study_overhead.py",
+            *("--set", "train_subset=512", "--set", "batch_sizes=[64, 128]"),
+            *("--set", "seeds=[0]", "--set", "budget.epochs=1", "--no-report"),
         ],
     ],
 )

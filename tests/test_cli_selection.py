@@ -174,6 +174,7 @@ def test_critical_chooses_each_lr_on_validation(
 ) -> None:
     fit = as_json(capsys, "critical", "val", "--store", str(store), "--target", "val_acc=0.6")
     assert [p["lr_base"] for p in fit["points"]] == [0.1, 0.1]
+    assert fit["b_crit"] is None and fit["not_enough_batch_sizes"] is True  # 2 batch sizes
     assert fit["selection"] == {
         "split": "val",
         "metric": "val_acc",
@@ -183,6 +184,8 @@ def test_critical_chooses_each_lr_on_validation(
     }
     out = cli(capsys, "critical", "val", "--store", str(store), "--target", "val_acc=0.6")
     assert "chosen on test" not in out
+    assert "B_crit: not enough batch sizes: 2 (8, 64) of 2 reach" in out
+    assert "R²" not in out and "B_crit =" not in out
 
 
 def test_without_a_validation_split_every_command_says_it_chose_on_test(

@@ -69,7 +69,8 @@ def test_recommend_regression_names_r2_and_mse(
         f" test loss (MSE) {statistics.fmean(mse):.4g}."
     )
     assert "final test R²" in out and "accuracy" not in out
-    assert "points" not in out and not re.search(r"\d\.\d+ ?%", out)  # no score in %
+    # R² differences are plain numbers, never percentage points or a score in %
+    assert not re.search(r"\d\.\d+ (points|pp)\b", out) and not re.search(r"\d\.\d+ ?%", out)
 
 
 def test_show_language_model_gives_token_accuracy_and_perplexity(

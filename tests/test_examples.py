@@ -28,6 +28,15 @@ SPECIAL = {
         " {label='batch-increase', batch_schedule={milestones=[1, 2], factor=5}}]",
     ],
     "lr-grid.toml": [*CUT, "lrs='0.001:0.1:2'", "batch_sizes=[64, 512]"],
+    # a budget in samples, on the fortunes corpus (make data installs it beside Fashion-MNIST)
+    "lm-quick.toml": [
+        "train_subset=64",
+        "dataset_args={context=16, test_fraction=0.02}",
+        "model_args={layers=1, heads=2, width=16}",
+        "batch_sizes=[8, 32]",
+        "budget.samples=64",
+        "device='cpu'",
+    ],
 }
 
 

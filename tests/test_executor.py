@@ -17,7 +17,9 @@ import pytest
 import torch
 from torch import nn
 
+from batchlab import cpuload
 from batchlab import executors as executor
+from batchlab.cpuload import CpuLoad
 from batchlab.executors import order_for_pool, packs, threads_for
 from batchlab.models import MLP
 from batchlab.spec import StudySpec, TrialSpec
@@ -215,9 +217,11 @@ def by_batch(study: Study) -> dict[int, list[dict[str, float]]]:
 
 @pytest.mark.slow
 def test_pool_matches_a_sequential_run_trial_by_trial(
-    make_spec: SpecFactory, tmp_path: Path, keep_threads: None
+    make_spec: SpecFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep_threads: None
 ) -> None:
     cores = executor.usable_cores()
+    idle = CpuLoad(load=0.0, cpus=cores, usable=cores)  # threads = "auto" must not lower them
+    monkeypatch.setattr(cpuload, "read_load", lambda: idle)
     spec = make_spec(batch_sizes=[8, 16, 192], budget={"epochs": 2})
     pooled = run_study({**spec, "workers": "auto"}, store=tmp_path / "pool.db")
     one = by_batch(run_study({**spec, "threads": 1}, store=tmp_path / "one.db"))

@@ -69,8 +69,8 @@ def test_user_factory_gets_shape_and_classes(
 
 
 def test_bad_model_names_and_args() -> None:
-    with pytest.raises(SpecError, match="unknown model 'resnet'"):
-        build_model("resnet", {}, input_shape=(4,), num_classes=2, seed=0)
+    with pytest.raises(SpecError, match="unknown model 'vgg'"):
+        build_model("vgg", {}, input_shape=(4,), num_classes=2, seed=0)
     with pytest.raises(SpecError, match="mlp takes only 'widths'"):
         build_model("mlp", {"depth": 3}, input_shape=(4,), num_classes=2, seed=0)
     with pytest.raises(SpecError, match="widths"):

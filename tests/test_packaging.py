@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -126,3 +127,47 @@ def test_wheel_installs_and_runs_a_study_in_a_fresh_venv(dist: Path, tmp_path: P
     with sqlite3.connect(work / "s.db") as db:
         states = db.execute("SELECT batch_size, state FROM trials WHERE study = 'quick'").fetchall()
     assert sorted(states) == [(16, "COMPLETE"), (64, "COMPLETE")]
+
+
+# The integrations the test suite covers: the test install has them, the main job's does not.
+INTEGRATIONS = ("ray", "lightning", "wandb", "mlflow", "tensorboard", "mkdocs", "transformers")
+
+
+def _make_dry_run(target: str, tmp_path: Path) -> list[str]:
+    """The commands `make TARGET` would run into a fresh venv (`make -n`: none is run)."""
+    venv = tmp_path / "fresh-venv"  # absent: every install step is due
+    cmd: list[str | Path] = ["make", "-n", "--no-print-directory", "-C", ROOT, target]
+    cmd.append(f"VENV={venv}")
+    return _run(cmd, cwd=tmp_path, timeout=30).splitlines()
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_run_installs_what_the_main_job_needs_and_make_test_the_dev_extras(
+    tmp_path: Path,
+) -> None:
+    run, test = _make_dry_run("run", tmp_path), _make_dry_run("test", tmp_path)
+
+    def pip_installs(lines: list[str]) -> list[str]:
+        return [line.split("pip install -q ", 1)[1] for line in lines if "pip install" in line]
+
+    # the torch step, the same in both: the pinned CPU wheel, only when torch is absent
+    torch_step = [line for line in run if "torch==2.13.0" in line]
+    assert len(torch_step) == 1 and 'python -c "import torch" 2>/dev/null ||' in torch_step[0]
+    assert torch_step[0] in test
+    assert pip_installs(run) == ["torch==2.13.0", "-e ."]  # the package, no extras
+    assert pip_installs(test) == ["torch==2.13.0", "-e .", '-e ".[dev]"']
+    assert not [line for line in run if "fortunes" in line or "chromium" in line]
+    assert run[-1].endswith("batchlab run --preset quick --store batchlab.db --report")
+    assert any("dataset-fashion-mnist" in line for line in run)
+    for needed in ("dataset-fashion-mnist", "fortunes", "chromium", "pytest -q", "mypy"):
+        assert any(needed in line for line in test), needed
+
+    # what each install brings: the core dependencies have no integration; `dev` has every
+    # integration extra (so the tests cover them), hf included
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    core = " ".join(project["dependencies"])
+    assert not [name for name in INTEGRATIONS if name in core]
+    extras = project["optional-dependencies"]
+    for extra, reqs in extras.items():
+        assert set(reqs) <= set(extras["dev"]), f"dev lacks the {extra} extra's {reqs}"
+    assert all(any(name in r for r in extras["dev"]) for name in INTEGRATIONS)

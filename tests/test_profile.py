@@ -161,3 +161,65 @@ def test_profiled_sizes_that_run_out_of_memory_are_listed_not_timed(
     assert prof.lines()[-1] == "out of memory (not timed): batch sizes 64, 128"
     with pytest.raises(SpecError, match="the smallest, 64, already runs out of memory"):
         profile_hardware(batch_sizes=[64, 128], **common)  # type: ignore[arg-type]
+
+
+def test_the_largest_batch_is_capped_at_the_training_set() -> None:
+    """Memory would allow a far larger batch; the training set (256 examples) cannot."""
+    prof = profile_hardware(
+        model_args={"widths": [16]},
+        dataset_args=TINY,
+        batch_sizes=[8, 32],
+        warmup=1,
+        min_steps=2,
+        min_time_s=0.01,
+        matmul_n=256,
+        memory_cap_bytes=2**30,
+    )
+    assert prof.max_batch_size == 256 and prof.train_examples == 256 and prof.capped_at_train
+    fit = next(line for line in prof.lines() if line.startswith("largest batch"))
+    assert "256 = the whole training set (256 examples" in fit and "search stopped" not in fit
+
+
+def _fixed_profile(*, saturated: bool) -> batchlab.profile.HardwareProfile:
+    rows = tuple(
+        batchlab.profile.BatchProfile(
+            batch_size=b,
+            samples_per_s=100.0 * b,
+            step_time_s=0.01,
+            steps_timed=3,
+            peak_mem_bytes=2**20,
+            extra_mem_bytes=0,
+            flops_per_s=1e9,
+            fraction_of_peak=0.1,
+        )
+        for b in (8, 16, 32)
+    )
+    return batchlab.profile.HardwareProfile(
+        device="cpu",
+        model="mlp",
+        dataset="synthetic",
+        threads=1,
+        flops_per_sample=1.0,
+        peak_flops=1e10,
+        rows=rows,
+        knee_batch_size=16 if saturated else 32,
+        knee_saturated=saturated,
+        max_batch_size=64,
+        memory_cap_bytes=2**30,
+        margin=0.2,
+        search_limit=2**24,
+    )
+
+
+@pytest.mark.parametrize("saturated", [False, True])
+def test_the_table_marks_a_knee_only_where_the_lines_say_one_was_reached(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], saturated: bool
+) -> None:
+    monkeypatch.setattr(
+        batchlab.profile, "profile_hardware", lambda **_: _fixed_profile(saturated=saturated)
+    )
+    main(["profile", "--no-save"])
+    out = capsys.readouterr().out
+    assert out.count("(knee)") == (1 if saturated else 0)
+    assert ("16 (knee)" in out) == saturated
+    assert ("still grows" in out) != saturated and ("stops improving" in out) == saturated

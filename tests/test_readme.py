@@ -41,3 +41,17 @@ def test_readme_links_point_to_files_and_headings_that_exist() -> None:
         assert target.is_file(), f"README links to missing {path}"
         if anchor:
             assert anchor in _anchors(target.read_text(encoding="utf-8")), link
+
+
+def test_quick_start_is_two_commands_and_ci_runs_the_second() -> None:
+    """One command sets up and runs the main job, one runs the tests; CI runs the latter."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## Quick start", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, flags=re.S)
+    assert block is not None
+    commands = [line.split("#", 1)[0].strip() for line in block.group(1).splitlines()]
+    assert commands == ["make run", "make test"]
+    ci = (README.parent / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert [line for line in ci if line and not line.startswith(("#", "set ", "cd "))] == [
+        "make test"
+    ]

@@ -63,7 +63,7 @@ def test_overrides_parse_toml_values_and_replace_budget(make_spec: SpecFactory) 
         ({"budget": {}}, "give exactly one of epochs"),
         ({"batch_sizes": [0, 8]}, "batch sizes must be positive"),
         ({"batch_sizes": "8-64"}, "lo:hi"),
-        ({"lrs": [0.1, -1]}, "learning rates must be > 0"),
+        ({"lrs": [0.1, -1]}, "learning rates must be finite and > 0"),
         ({"lrs": []}, "at least one learning rate"),
         ({"seeds": []}, "at least one seed"),
         ({"optimizer": "lion"}, "field 'optimizer'"),

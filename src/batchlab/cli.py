@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import shlex
+import sqlite3
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
@@ -16,12 +20,35 @@ from batchlab import presets
 from batchlab._version import __version__
 from batchlab.analysis.grid import bands, cells
 from batchlab.errors import BatchlabError, SpecError
-from batchlab.progress import RichReporter
-from batchlab.report import build_comparison, build_report
+from batchlab.fmt import lr_text
+from batchlab.plugins import only_hooks
+from batchlab.results import DEFAULT_STORE, Study, load_study
 from batchlab.spec import load_spec, spec_from_dict
-from batchlab.study import DEFAULT_STORE, Study, load_study, run_study
-from batchlab.trackers import make_trackers
 from batchlab.trial import TrialState
+
+# torch, matplotlib and the report are imported inside the commands that use them, so
+# `--help`, `--version`, `ls` and `show` import none of them (tests/test_cli_start.py).
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _store_is_data(command: F) -> F:
+    """A command that reads a store imports no code the store names (`plugins.only_hooks`)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with only_hooks():
+            return command(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+TRUST_STORE_OPTION = click.option(
+    "--trust-store",
+    is_flag=True,
+    help="Import the package.module:function hooks the stored spec names (only for a store"
+    " you made: a store is data, and by default names no code to run).",
+)
 
 
 def _out() -> Console:
@@ -112,6 +139,22 @@ def cli() -> None:
     metavar="ADDR",
     help="With --executor ray: the cluster to join (e.g. 10.0.0.1:6379); default: a local one.",
 )
+@click.option("--name", "study_name", metavar="NAME", help="Run the study under this name.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="The store holds this study with another spec: delete its trials and run it afresh.",
+)
+@click.option(
+    "--retry-failed", is_flag=True, help="Run the study's FAILED trials again, from scratch."
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the trial grid (ids, steps, samples, a calibrated time estimate) after the"
+    " preflight, and batchlab check's verdict when accumulate > 1; train nothing, write"
+    " nothing to the store. Exit 1 when the check finds a batch not equivalent.",
+)
 def run(
     study_file: Path | None,
     preset_name: str | None,
@@ -126,6 +169,10 @@ def run(
     workers: str | None,
     executor: str | None,
     ray_address: str | None,
+    study_name: str | None,
+    force: bool,
+    retry_failed: bool,
+    dry_run: bool,
 ) -> None:
     """Run (or resume) a study from STUDY_FILE (TOML) and/or a preset, plus overrides.
 
@@ -140,29 +187,174 @@ def run(
     execution = [f"workers={workers}"] if workers is not None else []
     execution += [f"executor={executor}"] if executor is not None else []
     execution += [f"ray_address={json.dumps(ray_address)}"] if ray_address is not None else []
+    execution += [f"name={json.dumps(study_name)}"] if study_name is not None else []
     spec = load_spec(study_file, base=base, overrides=[*overrides, *execution], scale=scale)
     if adaptive and spec.adaptive is None:
         spec = spec_from_dict({**spec.to_toml_dict(), "adaptive": {}}, source="--adaptive")
+    from batchlab.progress import LineReporter, RichReporter
+    from batchlab.study import run_study
+    from batchlab.trackers import make_trackers
+
+    if dry_run:
+        _dry_run(spec, data_dir)
+        return
     trackers = make_trackers(log_to)  # a missing extra stops here, before the store is touched
-    console = Console(stderr=True)
-    reporter = None if quiet else RichReporter(console)
-    study = run_study(spec, store=store, data_dir=data_dir, reporter=reporter, trackers=trackers)
+    # Bars on a terminal; a line per finished trial for a log (stdout not a terminal: a file,
+    # CI, nohup), so it is never silent for minutes. Either knows what runs, for Ctrl-C.
+    reporter: RichReporter | LineReporter
+    if quiet or not sys.stdout.isatty():
+        reporter = LineReporter(store, quiet=quiet)
+    else:
+        reporter = RichReporter(Console(stderr=True))
+    try:
+        study = run_study(
+            spec,
+            store=store,
+            data_dir=data_dir,
+            reporter=reporter,
+            trackers=trackers,
+            force=force,
+            retry_failed=retry_failed,
+            notify=lambda line: click.echo(line, err=True),
+        )
+    except KeyboardInterrupt:
+        _interrupted(reporter.running, spec.name)
     console_out = _out()
     _print_table(study, console_out)
     _print_bands(study, console_out)
     _print_pruned(study, console_out)
     counts = _state_counts(study)
     click.echo(f"study '{study.name}': {counts}; results in {store.resolve()}")
-    click.echo(f"  see them: batchlab show {study.name} --store {store}")
+    click.echo(
+        f"  see them: batchlab show {shlex.quote(study.name)} --store {shlex.quote(str(store))}"
+    )
     if report_dir is not None:
+        from batchlab.report import build_report  # matplotlib: only for --report
+
         out = _report_dir(study.name, None if report_dir == "__default__" else Path(report_dir))
         page = build_report(study, out)
         click.echo(f"  report: {page.resolve()}")
 
 
+def _interrupted(running: list[Any], name: str) -> NoReturn:
+    """Ctrl-C during `run`: which trials stopped, that a rerun resumes them; exit 130."""
+    from batchlab.progress import trial_label
+
+    if running:
+        which = "; ".join(f"{trial_label(t)} ({t.trial_id})" for t in running[:4])
+        more = f" and {len(running) - 4} more" if len(running) > 4 else ""
+        click.echo(f"interrupted: {which}{more} stopped mid-trial", err=True)
+        click.echo(
+            "  the same command resumes them from their last checkpoint (finished trials are kept)",
+            err=True,
+        )
+    else:
+        click.echo(
+            f"interrupted study {name!r} between trials; the same command continues it", err=True
+        )
+    sys.exit(130)
+
+
+def _dry_run(spec: Any, data_dir: Path | None) -> None:
+    """`run --dry-run`: the preflight, the grid and its estimated time; the store untouched."""
+    from batchlab.dryrun import dry_run
+    from batchlab.prepared import prepare
+    from batchlab.study import accumulation_check_result
+
+    if spec.threads is not None:
+        from torch import set_num_threads
+
+        set_num_threads(spec.threads)
+    prepared = prepare(spec, data_dir=data_dir)
+    plan = dry_run(prepared, check=accumulation_check_result(prepared))
+    for line in plan.lines():
+        click.echo(line)
+    if not plan.ok:
+        sys.exit(1)
+
+
+@cli.command("check")
+@click.argument("study_file", required=False, type=click.Path(path_type=Path))
+@click.option("--preset", "preset_name", metavar="NAME", help="Check a built-in study.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a spec field (TOML value), as for run.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder with dataset files.",
+)
+@click.option("--scale", type=click.Choice(["small", "full"]), help="As for run.")
+@click.option(
+    "--accumulate",
+    "factors",
+    metavar="K,K",
+    help="Accumulation factors to check besides the study's accumulate.  [default: 2,4]",
+)
+@click.option(
+    "--shards",
+    default="2,4",
+    show_default=True,
+    metavar="W,W",
+    help="Data-parallel workers to simulate (empty: none).",
+)
+@click.option("--steps", default=2, show_default=True, help="Updates before the 2nd comparison.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
+def check_cmd(
+    study_file: Path | None,
+    preset_name: str | None,
+    overrides: tuple[str, ...],
+    data_dir: Path | None,
+    scale: str | None,
+    factors: str | None,
+    shards: str,
+    steps: int,
+    as_json: bool,
+) -> None:
+    """Prove that the study's large batch is the batch it means: one batch of B against k
+    micro-batches accumulated as the engine does and against W data-parallel shards averaged
+    as DDP does, on the study's model, task and data (docs/check.md).
+
+    Names what breaks equivalence (batch statistics, a loss that is not a mean over the task's
+    unit, randomness, modules in eval mode). Exit 0: every batch size equivalent; 1: one is
+    not; 2: bad input.
+    """
+    from batchlab.check import check
+
+    if study_file is None and preset_name is None:
+        raise SpecError(
+            "check: give a study file (STUDY.toml) or --preset NAME (see batchlab presets)"
+        )
+    if steps < 0:
+        raise SpecError(f"--steps {steps}: need 0 or more updates")
+    ks = None if factors is None else _int_list(factors, "--accumulate")
+    ws = _int_list(shards, "--shards")
+    for flag, values in (("--accumulate", ks or []), ("--shards", ws)):
+        if any(v < 1 for v in values):
+            raise SpecError(f"{flag} {values}: need positive integers, e.g. 2,4")
+    base = presets.get(preset_name).data if preset_name else None
+    spec = load_spec(study_file, base=base, overrides=list(overrides), scale=scale)
+    result = check(spec, data_dir=data_dir, factors=ks, workers=ws, steps=steps)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=1))
+    else:
+        for line in result.lines():
+            click.echo(line)
+    sys.exit(result.exit_code)
+
+
 @cli.command("presets")
-def list_presets() -> None:
-    """List the built-in studies with a one-line description and expected CPU time."""
+@click.argument("name", required=False)
+def list_presets(name: str | None) -> None:
+    """List the built-in studies with a one-line description and expected CPU time; with
+    NAME, print that preset's full TOML (a starting point for your own study file)."""
+    if name is not None:
+        click.echo(presets.source(name), nl=False)
+        return
     table = Table(title="batchlab presets")
     table.add_column("preset", style="bold")
     table.add_column("description")
@@ -174,6 +366,7 @@ def list_presets() -> None:
 
 @cli.command("ls")
 @STORE_OPTION
+@_store_is_data
 def list_studies(store: Path) -> None:
     """List the studies in a store with their trial counts per state."""
     from batchlab.store import Store
@@ -264,7 +457,7 @@ def _print_table(study: Study, console: Console) -> None:
         table.add_row(
             *cells_,
             f"{b} (control)" if control else str(b),
-            f"{trials[0].lr:.4g}",
+            lr_text(trials[0].lr),
             str(len(trials)),
             acc,
             *extra,
@@ -317,7 +510,7 @@ def _print_pruned(study: Study, console: Console) -> None:
         table.add_row(
             *([r.variant] if has_variants else []),
             str(r.batch_size),
-            f"{r.lr:.4g}",
+            lr_text(r.lr),
             ",".join(str(s) for s in r.seeds),
             "—" if r.rung is None else str(r.rung),
             f"{r.epoch:.3g}",
@@ -329,6 +522,7 @@ def _print_pruned(study: Study, console: Console) -> None:
 @cli.command()
 @click.argument("name")
 @STORE_OPTION
+@_store_is_data
 def show(name: str, store: Path) -> None:
     """Show a study as a table: batch size, lr, seeds, final test score, time, state.
 
@@ -358,6 +552,7 @@ def show(name: str, store: Path) -> None:
 @click.option(
     "--probes", is_flag=True, help="Export the probe records (one row per value) instead."
 )
+@_store_is_data
 def export(name: str, store: Path, fmt: str, out: Path | None, probes: bool) -> None:
     """Export one row per trial per evaluation (or per probe value) as CSV or JSON."""
     study = load_study(name, store)
@@ -369,12 +564,29 @@ def export(name: str, store: Path, fmt: str, out: Path | None, probes: bool) -> 
     if out is None:
         sys.stdout.write(text)
     else:
-        out.write_text(text, encoding="utf-8")
+        _write_out(out, text)
         click.echo(f"wrote {len(df)} rows to {out}", err=True)
+
+
+def _write_out(out: Path, text: str) -> None:
+    """Write an --out file, or a one-line error naming it and the fix (nothing half-written)."""
+    if not out.parent.is_dir():
+        raise SpecError(f"--out {out}: folder {out.parent} does not exist; create it first")
+    part = out.with_name(f".{out.name}.part")
+    try:
+        part.write_text(text, encoding="utf-8")
+        part.replace(out)
+    except OSError as err:
+        part.unlink(missing_ok=True)
+        raise SpecError(
+            f"--out {out}: cannot write ({err.strerror or err}); free space or choose another path"
+        ) from None
 
 
 def _report_dir(name: str, out: Path | None) -> Path:
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    if safe.startswith("."):  # "..", ".x": a folder inside reports/, never above or hidden
+        safe = "_" + safe
     return out if out is not None else Path("reports") / safe
 
 
@@ -385,9 +597,12 @@ def _report_dir(name: str, out: Path | None) -> Path:
     "--out", type=click.Path(file_okay=False, path_type=Path), help="Folder (default reports/NAME)."
 )
 @click.option("--no-png", is_flag=True, help="Skip the matplotlib PNGs (faster).")
+@_store_is_data
 def report(name: str, store: Path, out: Path | None, no_png: bool) -> None:
     """Write a self-contained HTML report (index.html, figures/*.png, summary.json)."""
     study = load_study(name, store)
+    from batchlab.report import build_report
+
     page = build_report(study, _report_dir(name, out), png=not no_png)
     click.echo(f"report: {page.resolve()}")
 
@@ -402,9 +617,12 @@ def report(name: str, store: Path, out: Path | None, no_png: bool) -> None:
     show_default=True,
 )
 @click.option("--no-png", is_flag=True, help="Skip the matplotlib PNGs (faster).")
+@_store_is_data
 def compare(names: tuple[str, ...], store: Path, out: Path, no_png: bool) -> None:
     """Overlay several studies (e.g. with and without lr scaling) in the same figures."""
     studies = [load_study(n, store) for n in names]
+    from batchlab.report import build_comparison
+
     page = build_comparison(studies, out, png=not no_png)
     click.echo(f"comparison: {page.resolve()}")
 
@@ -423,6 +641,7 @@ def compare(names: tuple[str, ...], store: Path, out: Path, no_png: bool) -> Non
 @click.option(
     "--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Dataset folder."
 )
+@TRUST_STORE_OPTION
 def interpolate(
     name: str,
     store: Path,
@@ -431,6 +650,7 @@ def interpolate(
     points: int,
     out: Path | None,
     data_dir: Path | None,
+    trust_store: bool,
 ) -> None:
     """Loss and accuracy along w(alpha) = alpha * w_a + (1 - alpha) * w_b, alpha in [-1, 2].
 
@@ -438,7 +658,7 @@ def interpolate(
     """
     from batchlab.study import interpolate_trials
 
-    study = load_study(name, store)
+    study = load_study(name, store, trust_hooks=trust_store)
     table = interpolate_trials(study, trial_a, trial_b, points=points, data_dir=data_dir)
     console = _out()
     rich_table = Table(title=f"{name}: A = {table.attrs['a']}, B = {table.attrs['b']}")
@@ -448,7 +668,7 @@ def interpolate(
         rich_table.add_row(*(f"{v:.4f}" for v in row))
     console.print(rich_table)
     if out is not None:
-        table.to_csv(out, index=False)
+        _write_out(out, table.to_csv(index=False))
         click.echo(f"wrote {out}", err=True)
 
 
@@ -470,6 +690,7 @@ TARGET_OPTION = click.option(
 @STORE_OPTION
 @TARGET_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the recommendation as JSON.")
+@_store_is_data
 def recommend_cmd(name: str, store: Path, target_text: str | None, as_json: bool) -> None:
     """A short answer: best batch size and lr, fastest to the target, critical batch size,
     the time/score (accuracy, R², ...) Pareto front, and the assumptions behind them.
@@ -498,17 +719,28 @@ def recommend_cmd(name: str, store: Path, target_text: str | None, as_json: bool
 @click.option("--variant", default=None, help="Variant to fit (needed when a study has several).")
 @click.option("--boot", default=1000, show_default=True, help="Bootstrap resamples (0: none).")
 @click.option("--json", "as_json", is_flag=True, help="Print the fit as JSON.")
+@_store_is_data
 def critical_cmd(
     name: str, store: Path, target_text: str | None, variant: str | None, boot: int, as_json: bool
 ) -> None:
     """Critical batch size: fit S(B) = S_min + E_min / B to the steps each batch size needs to
     reach the target (McCandlish et al. 2018); B_crit = E_min / S_min. Each batch size's lr is
     chosen on the target's split (validation by default)."""
-    from batchlab.analysis.critical import Target, critical_batch_size, noise_scale_summary
+    from batchlab.analysis.critical import (
+        CriticalFit,
+        NotEnoughBatchSizes,
+        Target,
+        critical_batch_size,
+        noise_scale_summary,
+    )
 
     target = None if target_text is None else Target.parse(target_text)
     study = load_study(name, store)
-    fit = critical_batch_size(study.trials, target, variant=variant, n_boot=boot)
+    fit: CriticalFit | NotEnoughBatchSizes
+    try:
+        fit = critical_batch_size(study.trials, target, variant=variant, n_boot=boot)
+    except NotEnoughBatchSizes as err:  # the points are shown, B_crit is not: too few to fit
+        fit = err
     chosen = [t for t in study.trials if str(t.params.get("variant", "")) == fit.variant]
     noise = noise_scale_summary(study.probes_dataframe(), chosen)
     note = fit.selection.note(study.task, "The lr at each batch size is chosen")
@@ -528,17 +760,24 @@ def critical_cmd(
     for p in fit.points:
         table.add_row(
             str(p.batch_size),
-            f"{p.lr:.4g}",
+            lr_text(p.lr),
             str(p.seeds),
             f"{p.steps:.1f}",
             f"{p.samples:.0f}",
-            f"{fit.steps_at(p.batch_size):.1f}",
+            f"{fit.steps_at(p.batch_size):.1f}" if isinstance(fit, CriticalFit) else "—",
             f"{p.time_s:.3g}",
         )
     for b in fit.unreached:
-        table.add_row(str(b), "—", "—", "not reached", "—", f"{fit.steps_at(b):.1f}", "—")
+        fitted = f"{fit.steps_at(b):.1f}" if isinstance(fit, CriticalFit) else "—"
+        table.add_row(str(b), "—", "—", "not reached", "—", fitted, "—")
     console = _out()
     console.print(table)
+    if isinstance(fit, NotEnoughBatchSizes):
+        click.echo("B_crit: " + str(fit).removeprefix("critical batch size: "))
+        if noise is not None:
+            per = ", ".join(f"B={b}: {v:.4g}" for b, v in noise.per_batch.items())
+            click.echo(f"B_simple (median, late training) = {noise.overall:.4g} ({per})")
+        return
     ci = fit.b_crit_ci
     click.echo(f"S_min = {fit.s_min:.4g} steps, E_min = {fit.e_min:.4g} samples, R² = {fit.r2:.3f}")
     click.echo(
@@ -557,13 +796,11 @@ def critical_cmd(
         )
 
 
-def _int_list(text: str) -> list[int]:
+def _int_list(text: str, flag: str = "--batch-sizes") -> list[int]:
     try:
         return [int(v) for v in text.replace(" ", "").split(",") if v]
     except ValueError:
-        raise SpecError(
-            f"--batch-sizes {text!r}: use comma-separated integers, e.g. 8,32,128"
-        ) from None
+        raise SpecError(f"{flag} {text!r}: use comma-separated integers, e.g. 8,32,128") from None
 
 
 @cli.command("profile")
@@ -588,6 +825,7 @@ def _int_list(text: str) -> list[int]:
 @STORE_OPTION
 @click.option("--no-save", is_flag=True, help="Do not store the profile.")
 @click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")
+@TRUST_STORE_OPTION
 def profile_cmd(
     study_name: str | None,
     model: str | None,
@@ -602,6 +840,7 @@ def profile_cmd(
     store: Path,
     no_save: bool,
     as_json: bool,
+    trust_store: bool,
 ) -> None:
     """Throughput, peak memory and fraction of the matmul peak per batch size; where
     throughput stops improving; and the largest batch that fits with a safety margin.
@@ -624,8 +863,11 @@ def profile_cmd(
         "task": None,
         "task_args": {},
     }
+    hooks = {ref for ref in (model, dataset) if ref}  # typed here, by the user
     if study_name is not None:
-        spec = load_study(study_name, store=store).spec
+        stored = load_study(study_name, store=store, trust_hooks=trust_store)
+        hooks |= stored.allowed_hooks  # none unless --trust-store: a store is data
+        spec = stored.spec
         base = {
             "model": spec.model,
             "dataset": spec.dataset,
@@ -651,18 +893,19 @@ def profile_cmd(
         if threads <= 0:
             raise SpecError(f"--threads {threads}: need a positive number")
         torch_threads(threads)
-    prof = profile_hardware(
-        model=what["model"],
-        dataset=what["dataset"],
-        model_args=what["model_args"],
-        dataset_args=what["dataset_args"],
-        device=what["device"],
-        batch_sizes=what["batch_sizes"],
-        margin=margin,
-        memory_cap_bytes=None if memory_cap is None else int(memory_cap * 2**30),
-        task=what["task"],
-        task_args=what["task_args"],
-    )
+    with only_hooks(hooks):
+        prof = profile_hardware(
+            model=what["model"],
+            dataset=what["dataset"],
+            model_args=what["model_args"],
+            dataset_args=what["dataset_args"],
+            device=what["device"],
+            batch_sizes=what["batch_sizes"],
+            margin=margin,
+            memory_cap_bytes=None if memory_cap is None else int(memory_cap * 2**30),
+            task=what["task"],
+            task_args=what["task_args"],
+        )
     if not no_save:
         subject = profile_subject(
             model=what["model"],
@@ -680,7 +923,7 @@ def profile_cmd(
         table.add_column(col, justify="right")
     for r in prof.rows:
         table.add_row(
-            str(r.batch_size) + (" (knee)" if r.batch_size == prof.knee_batch_size else ""),
+            str(r.batch_size) + (" (knee)" if prof.marks_knee(r.batch_size) else ""),
             f"{r.samples_per_s:,.0f}",
             f"{1e3 * r.step_time_s:.3g}",
             f"{r.peak_mem_bytes / 2**20:.0f}",
@@ -819,6 +1062,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(err.exit_code)
     except BatchlabError as err:
         click.echo(f"batchlab: error: {err}", err=True)
+        sys.exit(2)
+    except sqlite3.DatabaseError as err:  # the store's own errors name it; this is a backstop
+        click.echo(f"batchlab: error: the results store failed ({err}); check --store", err=True)
         sys.exit(2)
 
 

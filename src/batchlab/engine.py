@@ -29,7 +29,7 @@ from batchlab.models import build_model
 from batchlab.plan import Evaluation, TrialPlan
 from batchlab.probes import ProbeContext, ProbeRecord, ProbeSuite, probe_generator
 from batchlab.spec import StudySpec, TrialSpec
-from batchlab.step import AutogradStep, FastMLPStep, Step
+from batchlab.step import AutogradStep, FastMLPStep, Step, autocast, autocast_dtype
 from batchlab.tasks import Task
 from batchlab.trial import EvalRecord, TrialState
 
@@ -52,6 +52,7 @@ class Checkpoint:
     model_state: dict[str, torch.Tensor]
     optimizer_state: dict[str, Any]
     generator_state: torch.Tensor
+    initial_train_loss: float = math.nan  # for the divergence rule (older checkpoints: unknown)
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
@@ -71,6 +72,7 @@ class Outcome:
 
     state: TrialState
     diverged_step: int | None = None
+    reason: str | None = None  # why a trial is DIVERGED, stored as its error
     probes: list[ProbeRecord] = field(default_factory=list)  # recorded after the last evaluation
     weights: dict[str, torch.Tensor] | None = None  # final model state of a COMPLETE trial
 
@@ -93,6 +95,29 @@ class Progress:
     train_acc: float
 
 
+DIVERGENCE_FACTOR = 10.0
+"""A trial whose training loss at the end exceeds this many times its initial loss diverged."""
+
+
+def divergence(
+    rec: EvalRecord, *, evaluated: dict[str, bool], initial_train_loss: float, done: bool
+) -> str | None:
+    """Why an evaluation shows a blown-up trial, or None: a loss over a split it evaluated that
+    is not finite, or (at the end) a training loss above DIVERGENCE_FACTOR x the initial one."""
+    for name, was in evaluated.items():
+        value = getattr(rec, name)
+        if was and not math.isfinite(value):
+            return f"{name} is {value} at step {rec.step}"
+    final = rec.full_train_loss
+    rise = math.isfinite(initial_train_loss) and initial_train_loss > 0  # a ratio of losses > 0
+    if done and rise and final > DIVERGENCE_FACTOR * initial_train_loss:
+        return (
+            f"training loss {final:.3g} at the end is more than {DIVERGENCE_FACTOR:g}x its"
+            f" initial {initial_train_loss:.3g}"
+        )
+    return None
+
+
 EvalSink = Callable[[EvalRecord, "Checkpoint | None", list[ProbeRecord]], None]
 """Receives each evaluation, the checkpoint taken with it (if any) and the probe records since
 the previous evaluation; a store writes all three in one transaction."""
@@ -110,20 +135,32 @@ def build_model_for(spec: StudySpec, data: Dataset, *, seed: int) -> nn.Module:
 
 
 def make_optimizer(spec: StudySpec, params: Any, lr: float) -> torch.optim.Optimizer:
+    """The study's optimizer over `params`. With `no_decay = "biases-and-norms"`, parameters of
+    fewer than two dimensions (biases, norm weights) form a second group without weight decay."""
+    groups: Any = params
+    if spec.no_decay == "biases-and-norms" and spec.weight_decay > 0:
+        params = list(params)
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2]},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        groups = [g for g in groups if g["params"]]
     if spec.optimizer == "sgd":
         return torch.optim.SGD(
-            params,
+            groups,
             lr=lr,
             momentum=spec.momentum,
             nesterov=spec.nesterov,
             weight_decay=spec.weight_decay,
         )
     cls = torch.optim.Adam if spec.optimizer == "adam" else torch.optim.AdamW
-    return cls(params, lr=lr, betas=spec.betas, weight_decay=spec.weight_decay)
+    return cls(groups, lr=lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay)
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, rows: Rows, batch: int, task: Task) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, rows: Rows, batch: int, task: Task, *, dtype: torch.dtype | None = None
+) -> tuple[float, float]:
     """The task's mean loss and score over a split's rows, in chunks; NaN for an empty split.
 
     Losses are summed in float64 and the score from additive statistics, so the result does not
@@ -137,7 +174,9 @@ def evaluate(model: nn.Module, rows: Rows, batch: int, task: Task) -> tuple[floa
     units: int | torch.Tensor = 0
     stats: torch.Tensor | None = None
     for xc, yc in rows.chunks(batch):
-        out = task.forward(model, xc)
+        with autocast(yc.device, dtype):
+            out = task.forward(model, xc)
+        out = out.float() if dtype is not None else out  # the loss of bf16 logits in fp32
         part = task.sum_loss(out, yc).double()
         loss = part if loss is None else loss + part
         units = units + task.units(yc)
@@ -245,6 +284,8 @@ class _Trial:
         self.seconds = trial.budget.seconds
         self.deadline = deadline
         self.diverged_step: int | None = None
+        self.reason: str | None = None
+        self.initial_train_loss = math.nan
         self.window = _Window(device)
         self.epoch_lr = trial.lr
         self.running = (math.nan, math.nan)
@@ -257,13 +298,20 @@ class _Trial:
         # in half the kernels. Steps where a probe reads gradients or pre-update weights go
         # through autograd; both keep the momentum buffers in the optimizer's state, so they
         # interleave freely.
+        clip, self.dtype = spec.clip_grad_norm, autocast_dtype(spec.precision, device)
         self.autograd = AutogradStep(
-            self.model, self.optimizer, self.task, accumulate=spec.accumulate
+            self.model,
+            self.optimizer,
+            self.task,
+            accumulate=spec.accumulate,
+            clip=clip,
+            dtype=self.dtype,
         )
         self.fast: Step | None = (
             FastMLPStep(self.model, self.optimizer)
-            if FastMLPStep.supports(
-                self.model, self.optimizer, self.task, accumulate=spec.accumulate
+            if self.dtype is None
+            and FastMLPStep.supports(
+                self.model, self.optimizer, self.task, accumulate=spec.accumulate, clip=clip
             )
             else None
         )
@@ -300,6 +348,7 @@ class _Trial:
         self.shuffle.set_state(ckpt.generator_state)
         self.step, self.samples, self.train_time = ckpt.step, ckpt.samples, ckpt.train_time_s
         self.eval_idx = ckpt.eval_idx + 1
+        self.initial_train_loss = ckpt.initial_train_loss
         self.drained()  # the start() records of a resumed trial are already stored
 
     def checkpoint(self) -> Checkpoint:
@@ -311,6 +360,7 @@ class _Trial:
             model_state=self.weights(),
             optimizer_state=_to_cpu(self.optimizer.state_dict()),
             generator_state=self.shuffle.get_state(),
+            initial_train_loss=self.initial_train_loss,
         )
 
     def weights(self) -> dict[str, torch.Tensor]:
@@ -345,7 +395,7 @@ class _Trial:
         self.window = _Window(self.device)
         return self.data.train.batches(perm, B)
 
-    def warmup(self) -> None:
+    def step_lr(self) -> None:
         self.set_lr(self.plan.lr(self.step, self.epoch_lr))
 
     def train_step(self, batch: tuple[Inputs, torch.Tensor]) -> None:
@@ -390,12 +440,31 @@ class _Trial:
     def evaluate(self, at: Evaluation, *, done: bool) -> None:
         if done and self.suite is not None:
             self.suite.finish(self.ctx.at(self.step))  # end-of-training probes: Hessian...
-        self.emit(
-            self.record(window=self.window, full=at.full_train), with_checkpoint=at.checkpoint
+        rec = self.record(window=self.window, full=at.full_train)
+        self.emit(rec, with_checkpoint=at.checkpoint)
+        self.reason = divergence(
+            rec,
+            evaluated=self.evaluated(full=at.full_train),
+            initial_train_loss=self.initial_train_loss,
+            done=done,
         )
+        if self.reason is not None:
+            self.diverged_step = self.step  # stored as evaluated; training stops here
+
+    def evaluated(self, *, full: bool) -> dict[str, bool]:
+        """The losses an evaluation measured (an empty split, or no full pass, gives NaN)."""
+        data = self.data
+        return {
+            "val_loss": len(data.val) > 0,
+            "test_loss": len(data.test) > 0,
+            "full_train_loss": full,
+        }
 
     def emit(self, rec: EvalRecord, *, with_checkpoint: bool) -> None:
-        self.on_eval(rec, self.checkpoint() if with_checkpoint else None, self.drained())
+        if rec.idx == 0:
+            self.initial_train_loss = rec.full_train_loss
+        probes = self.drained() + self.autograd.clip_records(self.step)
+        self.on_eval(rec, self.checkpoint() if with_checkpoint else None, probes)
         self.eval_idx += 1
 
     def record(self, *, window: _Window | None, full: bool) -> EvalRecord:
@@ -413,13 +482,15 @@ class _Trial:
             spec.eval_batch_size,
             str(device),
             torch.get_num_threads(),
+            str(self.dtype),
         )
         if self.eval_idx == 0 and key in data.memo:
             val, test, tr = data.memo[key]
         else:
-            val = evaluate(self.model, data.val, spec.eval_batch_size, task)
-            test = evaluate(self.model, data.test, spec.eval_batch_size, task)
-            tr = evaluate(self.model, data.train, spec.eval_batch_size, task) if full else NAN_PAIR
+            size, dt = spec.eval_batch_size, self.dtype
+            val = evaluate(self.model, data.val, size, task, dtype=dt)
+            test = evaluate(self.model, data.test, size, task, dtype=dt)
+            tr = evaluate(self.model, data.train, size, task, dtype=dt) if full else NAN_PAIR
             if self.eval_idx == 0:
                 data.memo[key] = (val, test, tr)
         seen, secs = (window.seen, window.seconds) if window is not None else (0, 0.0)
@@ -465,8 +536,8 @@ class Runner(Protocol):
         batches, each drawn when the loop asks for it."""
         ...
 
-    def warmup(self) -> None:
-        """Set the warmup ramp's lr for the next update."""
+    def step_lr(self) -> None:
+        """Set the lr of the next update (`TrialPlan.lr`: warmup, lr_decay)."""
         ...
 
     def train_step(self, batch: Any) -> None: ...
@@ -507,8 +578,8 @@ def run_epochs(
     while r.live() and not r.exhausted():
         # ---- one epoch (or the part of it the budget allows) -----------------------------------
         for batch in r.begin_epoch(r.samples // n):
-            if plan.warmup_steps and r.step <= plan.warmup_steps:
-                r.warmup()  # the ramp, then the epoch's lr from its end
+            if plan.lr_per_step(r.step):
+                r.step_lr()  # warmup or lr_decay: each update's own lr
             r.train_step(batch)
             if r.step % check_every == 0 and r.check():
                 break
@@ -522,6 +593,8 @@ def run_epochs(
         at = plan.after_epoch(samples=r.samples, done=done)
         if at.evaluate:
             r.evaluate(at, done=done)
+            if not r.live():
+                return False  # the evaluation showed a blown-up trial
             if stop_at_step is not None and at.checkpoint and not done and r.step >= stop_at_step:
                 return True  # paused on the checkpoint just stored
         progress(*r.running)
@@ -565,7 +638,12 @@ def train_trial(
     if run_epochs(t, device=device, stop_at_step=stop_at_step, on_progress=on_progress):
         return Outcome(state=TrialState.RUNNING)
     if t.diverged_step is not None:
-        return Outcome(state=TrialState.DIVERGED, diverged_step=t.diverged_step, probes=t.drained())
+        return Outcome(
+            state=TrialState.DIVERGED,
+            diverged_step=t.diverged_step,
+            reason=t.reason or f"training loss not finite at step {t.diverged_step}",
+            probes=t.drained(),
+        )
     return Outcome(state=TrialState.COMPLETE, weights=t.weights())
 
 

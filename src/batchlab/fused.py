@@ -8,10 +8,10 @@ layer, one backward pass gives every member its own gradient (the members' losse
 share no parameter), and SGD updates all members at once with a per-member learning rate.
 
 What fuses (`can_fuse`): the built-in `mlp` model (no BatchNorm), `optimizer = "sgd"` with any
-momentum, nesterov and weight decay, any warmup, lr schedule and batch schedule, an epochs,
-steps or samples budget (not seconds: a wall-clock budget belongs to one trial), no probes, no
-gradient accumulation, fresh trials only (a resumed trial goes through the engine). Everything
-else runs through `engine.train_trial`.
+momentum, nesterov and weight decay (one parameter group), any warmup, lr schedule, lr_decay and
+batch schedule, an epochs, steps or samples budget (not seconds: a wall-clock budget belongs to
+one trial), no probes, no gradient accumulation, no clipping, fresh trials only (a resumed trial
+goes through the engine). Everything else runs through `engine.train_trial`.
 
 Results per member match the member's own `train_trial` run to float tolerance, not bit for
 bit: a batched matmul, the per-member mean of the loss and the per-member sums in evaluation
@@ -44,6 +44,7 @@ from batchlab.engine import (
     Outcome,
     _to_cpu,
     build_model_for,
+    divergence,
     make_optimizer,
     peak_memory_bytes,
     reset_peak_memory,
@@ -70,6 +71,12 @@ def _why_not(trials: Sequence[TrialSpec], *, min_size: int = 2) -> str | None:
         return "probes: a probed trial runs alone"
     if spec.accumulate != 1:
         return "accumulate: gradient accumulation does not fuse"
+    if spec.precision != "fp32":
+        return "precision: autocast does not fuse"
+    if spec.clip_grad_norm is not None:
+        return "clip_grad_norm: clipping is per member's global norm; it does not fuse yet"
+    if spec.no_decay != "none" and spec.weight_decay > 0:
+        return "no_decay: parameter groups do not fuse"
     if first.budget.seconds is not None:
         return "budget.seconds: a wall-clock budget belongs to one trial"
     if len({t.trial_id for t in trials}) != len(trials):
@@ -241,6 +248,7 @@ class _Group:
         self.step = self.samples = self.eval_idx = 0
         self.train_time = 0.0
         self.running = (math.nan, math.nan)
+        self.initial = [math.nan] * len(self.members)  # each member's initial training loss
         self.run_loss: list[float] = [math.nan] * len(self.members)
         self.run_acc: list[float] = [math.nan] * len(self.members)
         self.epoch_lrs: dict[int, float] = {}
@@ -267,12 +275,13 @@ class _Group:
             self.members[i].lr = lrs[i]
         self.lrs = self.lr_views()
 
-    def drop(self, rows: list[int]) -> None:
+    def drop(self, rows: list[int], reasons: dict[int, str] | None = None) -> None:
         """Record the members at `rows` DIVERGED at this step and remove them from the stack (and
         from the epoch's running sums)."""
         for row in rows:
+            reason = (reasons or {}).get(row, f"training loss not finite at step {self.step}")
             self.outcomes[self.alive[row]] = Outcome(
-                state=TrialState.DIVERGED, diverged_step=self.step
+                state=TrialState.DIVERGED, diverged_step=self.step, reason=reason
             )
         keep = [r for r in range(len(self.alive)) if r not in rows]
         self.alive = [self.alive[r] for r in keep]
@@ -317,7 +326,7 @@ class _Group:
         self.t_start = time.perf_counter()
         return iter(range(0, self.n, self.B))  # batch starts: rows are read at the step
 
-    def warmup(self) -> None:
+    def step_lr(self) -> None:
         self.set_lrs({j: self.plans[j].lr(self.step, self.epoch_lrs[j]) for j in self.alive})
 
     def train_step(self, start: int) -> None:
@@ -373,7 +382,7 @@ class _Group:
         return bool(self.alive)
 
     def evaluate(self, at: Evaluation, *, done: bool) -> None:
-        self.record_all(full=at.full_train, with_checkpoint=at.checkpoint)
+        self.record_all(full=at.full_train, with_checkpoint=at.checkpoint, done=done)
 
     # ---- records and checkpoints -----------------------------------------------------------------
 
@@ -403,9 +412,10 @@ class _Group:
             model_state={k: v.detach().cpu().clone() for k, v in m.model.state_dict().items()},
             optimizer_state=_to_cpu(opt.state_dict()),
             generator_state=m.shuffle.get_state(),
+            initial_train_loss=self.initial[self.alive[row]],
         )
 
-    def record_all(self, *, full: bool, with_checkpoint: bool) -> None:
+    def record_all(self, *, full: bool, with_checkpoint: bool, done: bool = False) -> None:
         spec, data, params, n = self.spec, self.data, self.params, self.n
         t0 = time.perf_counter()
         val = _evaluate(params, data.x_val, data.y_val, spec.eval_batch_size)
@@ -418,6 +428,9 @@ class _Group:
         )
         eval_time = time.perf_counter() - t0
         peak = peak_memory_bytes(self.device)
+        evaluated = {"val_loss": len(data.val) > 0, "test_loss": len(data.test) > 0}
+        evaluated["full_train_loss"] = full
+        blown: dict[int, str] = {}
         for row, i in enumerate(self.alive):
             m = self.members[i]
             rec = EvalRecord(
@@ -439,8 +452,17 @@ class _Group:
                 samples_per_s=self.seen / self.window if self.window > 0 else math.nan,
                 peak_mem_bytes=peak,
             )
+            if self.eval_idx == 0:
+                self.initial[i] = rec.full_train_loss
             m.sink(rec, self.checkpoint(row, m) if with_checkpoint else None, [])
+            why = divergence(
+                rec, evaluated=evaluated, initial_train_loss=self.initial[i], done=done
+            )
+            if why is not None:
+                blown[row] = why
         self.eval_idx += 1
+        if blown:
+            self.drop(sorted(blown), blown)
 
     def finish(self) -> list[Outcome]:
         for row, i in enumerate(self.alive):

@@ -35,6 +35,31 @@ def warmup_lr(step: int, *, lr_ref: float, lr: float, warmup_steps: int) -> floa
     return lr_ref + (lr - lr_ref) * step / warmup_steps
 
 
+def decay_factor(
+    kind: str, step: int, total_steps: int, *, warmup: int, final: float, decay_steps: int
+) -> float:
+    """The multiplier of the peak lr for the update after `step` updates, out of `total_steps`
+    (nanoGPT's `get_lr`): warmup (step + 1) / (warmup + 1) for the first `warmup` updates; then
+    constant 1; cosine final + (1 - final) (1 + cos(pi p)) / 2 or linear 1 - (1 - final) p, with
+    p = (step - warmup) / (total_steps - warmup) going from 0 to 1; or wsd: 1 until the last
+    `decay_steps` updates, then linear from 1 to `final` over them."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if kind == "constant":
+        return 1.0
+    if kind == "wsd":
+        start = total_steps - decay_steps
+        if step < start:
+            return 1.0
+        return 1.0 - (1.0 - final) * min(1.0, (step - start) / max(1, decay_steps))
+    p = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    if kind == "cosine":
+        return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * p))
+    if kind == "linear":
+        return 1.0 - (1.0 - final) * p
+    raise ValueError(f"unknown lr decay {kind!r}; use constant, cosine, linear or wsd")
+
+
 def noise_scale(lr: float, n_train: int, batch_size: int, momentum: float = 0.0) -> float:
     """Smith et al.'s SGD noise scale g = eta (N / B - 1) / (1 - m), about eta N / (B (1 - m))."""
     return lr * (n_train / batch_size - 1) / (1 - momentum)

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 
-from batchlab.lr import warmup_lr
+from batchlab.lr import decay_factor, warmup_lr
 from batchlab.spec import TrialSpec
 
 
@@ -70,9 +70,29 @@ class TrialPlan:
 
     def lr(self, step: int, epoch_lr: float, *, lr_base: float | None = None) -> float:
         """The lr of the update after `step` updates: the warmup ramp from the base lr, then the
-        epoch's lr."""
+        epoch's lr; times the `lr_decay` schedule's factor when there is one."""
         base = self.trial.lr_base if lr_base is None else lr_base
-        return warmup_lr(step, lr_ref=base, lr=epoch_lr, warmup_steps=self.warmup_steps)
+        lr = warmup_lr(step, lr_ref=base, lr=epoch_lr, warmup_steps=self.warmup_steps)
+        decay = self.trial.study.lr_decay
+        if decay is None:
+            return lr
+        total = self.total_steps
+        assert total is not None  # the spec refuses lr_decay with a wall-clock budget
+        return lr * decay_factor(
+            decay.kind,
+            step,
+            total,
+            warmup=decay.warmup(total),
+            final=decay.final,
+            decay_steps=max(1, round(decay.decay_fraction * total)),
+        )
+
+    def lr_per_step(self, step: int) -> bool:
+        """Whether the update after `step` updates has an lr of its own (warmup, lr_decay), set
+        before it, rather than the epoch's."""
+        return self.trial.study.lr_decay is not None or (
+            self.warmup_steps > 0 and step <= self.warmup_steps
+        )
 
     @cached_property
     def total_steps(self) -> int | None:

@@ -23,6 +23,7 @@ from batchlab._version import __version__
 from batchlab.data import Dataset, load_dataset
 from batchlab.engine import Progress, build_model_for, resolve_device
 from batchlab.errors import DataError, SpecError
+from batchlab.plan import TrialPlan
 from batchlab.spec import StudySpec, TrialSpec
 from batchlab.trial import TrialState
 
@@ -61,6 +62,8 @@ class PreparedStudy:
     spec: StudySpec
     data: Dataset
     device: torch.device
+    cores: int | None = None
+    """CPU cores the trials may share (`cpuload.plan_threads`); None: every usable core."""
 
 
 def load_study_data(spec: StudySpec, *, data_dir: Path | None = None) -> Dataset:
@@ -87,6 +90,18 @@ def prepare(spec: StudySpec, *, data_dir: Path | None = None) -> PreparedStudy:
             f"batch_sizes: {too_big} exceed the {data.n_train} training examples;"
             f" use batch sizes <= {data.n_train}"
         )
+    for _, variant in spec.resolved_variants():
+        decay = variant.lr_decay
+        if decay is not None and decay.warmup_steps:
+            fewest = min(
+                TrialPlan(t, data.n_train).total_steps or 0
+                for t in variant.trials(n_train=data.n_train)
+            )
+            if decay.warmup_steps >= fewest:
+                raise SpecError(
+                    f"lr_decay: warmup_steps {decay.warmup_steps} is not below the {fewest}"
+                    " updates of the shortest trial; use fewer warmup steps or warmup_fraction"
+                )
     try:
         device = resolve_device(spec.device)
         torch.empty(0, device=device)

@@ -22,7 +22,8 @@ Rules (see docs/critical-batch-size.md):
   memory is extrapolated linearly in B from the profiled peaks (extra RSS over the pre-step
   level, the slope at least the analytic 4 bytes x (activations + their gradients) per sample)
   and must stay below (1 - margin) of the cap: `memory_cap_bytes`, by default half of
-  MemAvailable (4 GiB where /proc/meminfo is missing). The search stops at `search_limit`.
+  MemAvailable (4 GiB where /proc/meminfo is missing). The search stops at `search_limit`,
+  and at the training set's size: a larger batch cannot be drawn from it (`capped_at_train`).
 """
 
 from __future__ import annotations
@@ -78,6 +79,12 @@ class HardwareProfile:
     margin: float
     search_limit: int
     oom_batch_sizes: tuple[int, ...] = ()  # profiled sizes that ran out of memory (not timed)
+    train_examples: int | None = None  # the training set's size (None: a profile before it)
+    capped_at_train: bool = False  # the whole training set fits: memory is not the limit
+
+    def marks_knee(self, batch_size: int) -> bool:
+        """Whether `batch_size` is the knee (reached: throughput stopped improving there)."""
+        return self.knee_saturated and batch_size == self.knee_batch_size
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,11 +99,14 @@ class HardwareProfile:
                 f"throughput still grows >= {KNEE_GAIN:.0%} per doubling at the largest batch"
                 f" profiled (B={self.knee_batch_size})"
             )
-        fit = f"largest batch that fits with a {self.margin:.0%} margin: {self.max_batch_size}" + (
-            f" (search stopped at {self.search_limit})"
-            if self.max_batch_size >= self.search_limit
-            else ""
-        )
+        fit = f"largest batch that fits with a {self.margin:.0%} margin: {self.max_batch_size:,}"
+        if self.capped_at_train:
+            fit += (
+                f" = the whole training set ({self.train_examples:,} examples; a larger batch"
+                " cannot be drawn from it, memory is not the limit)"
+            )
+        elif self.max_batch_size >= self.search_limit:
+            fit += f" (search stopped at {self.search_limit:,})"
         out = [
             f"{self.model} on {self.dataset}, {self.device}, {self.threads} thread(s):"
             f" {self.flops_per_sample:.3g} training FLOPs per sample;"
@@ -442,7 +452,8 @@ def profile_hardware(
         def fits(b: int) -> bool:
             return base + slope * b <= (1 - margin) * cap
 
-    max_b = largest_fitting(fits, start=rows[-1].batch_size, limit=limit)
+    n_train = len(data.train)
+    max_b = largest_fitting(fits, start=rows[-1].batch_size, limit=min(limit, n_train))
     return HardwareProfile(
         device=str(dev),
         model=model,
@@ -458,4 +469,6 @@ def profile_hardware(
         margin=margin,
         search_limit=limit,
         oom_batch_sizes=tuple(oom),
+        train_examples=n_train,
+        capped_at_train=max_b >= n_train,
     )

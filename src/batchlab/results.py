@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
-import torch
+from typing import TYPE_CHECKING, Any
 
 from batchlab.errors import StoreError
 from batchlab.spec import StudySpec, spec_from_dict
 from batchlab.store import Store, profile_subject
-from batchlab.tasks import TASKS, TaskInfo, make_task
+from batchlab.tasks.base import TaskInfo
 from batchlab.trial import EvalRecord, FrozenTrial, TrialState
+
+if TYPE_CHECKING:  # imported where used: `ls` and `show` read the store without them
+    import pandas as pd
+    import torch
 
 DEFAULT_STORE = Path("batchlab.db")
 TRIAL_COLUMNS = [
@@ -44,11 +45,31 @@ TRIAL_COLUMNS = [
 class Study:
     """A study as stored: its spec, its trials, and a tidy DataFrame of every evaluation."""
 
-    def __init__(self, *, name: str, spec: StudySpec, trials: list[FrozenTrial], store: Path):
+    def __init__(
+        self,
+        *,
+        name: str,
+        spec: StudySpec,
+        trials: list[FrozenTrial],
+        store: Path,
+        hooks_trusted: bool = False,
+        check: dict[str, Any] | None = None,
+    ):
         self.name = name
         self.spec = spec
         self.trials = trials
         self.store = store
+        self.hooks_trusted = hooks_trusted
+        """Whether the spec's `package.module:function` hooks may be imported to rebuild its
+        data or models (`load_study(..., trust_hooks=True)`, or a study this process ran)."""
+        self.check = check
+        """`batchlab check`'s stored verdict (`CheckResult.summary()`), None when never checked:
+        it runs with every study whose `accumulate` > 1."""
+
+    @property
+    def allowed_hooks(self) -> frozenset[str]:
+        """The hooks that rebuilding this study's data and models may import."""
+        return self.spec.hooks() if self.hooks_trusted else frozenset()
 
     def __repr__(self) -> str:
         return f"Study(name={self.name!r}, trials={len(self.trials)}, store={str(self.store)!r})"
@@ -60,6 +81,10 @@ class Study:
         for t in self.trials:
             if "task" in t.provenance:
                 return TaskInfo.from_dict(t.provenance["task"])
+        if self.spec.task is None:  # a study stored before tasks existed: classification
+            return TaskInfo()
+        from batchlab.tasks import TASKS, make_task  # (imports torch)
+
         if self.spec.task in TASKS:
             return make_task(self.spec.task, self.spec.task_args).describe()
         return TaskInfo()
@@ -69,6 +94,8 @@ class Study:
 
     def to_dataframe(self) -> pd.DataFrame:
         """One row per trial per evaluation (a trial with no evaluation still gets one row)."""
+        import pandas as pd
+
         rows: list[dict[str, Any]] = []
         blank = dict.fromkeys(EvalRecord.columns(), float("nan"))
         info = self.task
@@ -100,7 +127,9 @@ class Study:
 
     def probes_dataframe(self) -> pd.DataFrame:
         """Probe records in long form: one row per trial, step, probe and key."""
-        with Store.open_existing(self.store) as s:
+        import pandas as pd
+
+        with Store.open_existing(self.store, read_only=True) as s:
             rows = s.probe_rows(self.name)
         by_id = {t.trial_id: t for t in self.trials}
         out = []
@@ -132,12 +161,14 @@ class Study:
             dataset=self.spec.dataset,
             dataset_args=self.spec.dataset_args,
         )
-        with Store.open_existing(self.store) as s:
+        with Store.open_existing(self.store, read_only=True) as s:
             return s.profiles(subject)
 
     def weights(self, trial_id: str) -> dict[str, torch.Tensor]:
         """A finished trial's final weights (a state dict), for interpolation and sharpness."""
-        with Store.open_existing(self.store) as s:
+        import torch
+
+        with Store.open_existing(self.store, read_only=True) as s:
             payload = s.weights(trial_id)
         if payload is None:
             raise StoreError(
@@ -158,8 +189,18 @@ class Study:
         return hits[0]
 
 
-def load_study(name: str, store: str | Path = DEFAULT_STORE) -> Study:
-    """Load a stored study by name (like `optuna.load_study`)."""
-    with Store.open_existing(store) as s:
-        spec = spec_from_dict(s.study_spec(name), source=f"stored study {name!r}")
-        return Study(name=name, spec=spec, trials=s.trials(name), store=Path(store))
+def load_study(name: str, store: str | Path = DEFAULT_STORE, *, trust_hooks: bool = False) -> Study:
+    """Load a stored study by name (like `optuna.load_study`), its spec validated as a fresh
+    one is. A store is data: the `package.module:function` hooks its spec names are imported
+    (to rebuild data or models) only with `trust_hooks=True`."""
+    with Store.open_existing(store, read_only=True) as s:
+        source = f"store {Path(store)}: stored study {name!r}"
+        spec = spec_from_dict(s.study_spec(name), source=source, stored=True)
+        return Study(
+            name=name,
+            spec=spec,
+            trials=s.trials(name),
+            store=Path(store),
+            hooks_trusted=trust_hooks,
+            check=s.study_check(name),
+        )

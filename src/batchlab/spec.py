@@ -17,7 +17,15 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from batchlab.errors import SpecError
 from batchlab.lr import scaled_lr
@@ -43,6 +51,11 @@ EXECUTION_FIELDS = frozenset(
         "data_workers",
     }
 )
+
+
+MAX_TRIALS = 100_000
+"""The most trials one study may hold (variants x batch sizes x lrs x seeds, controls
+included): its registration alone is a row per trial in the store and in memory."""
 
 
 class _Frozen(BaseModel):
@@ -111,6 +124,36 @@ class Schedule(_Frozen):
     def passed(self, epoch: int, scale: int = 1) -> int:
         """How many milestones (in epochs, stretched by `scale`) lie at or before `epoch`."""
         return sum(epoch >= m * scale for m in self.milestones)
+
+
+class LrDecay(_Frozen):
+    """An lr schedule over a trial's planned steps (nanoGPT's `get_lr`, generalised): a linear
+    warmup from near zero, then constant, cosine or linear decay to `final` x the lr, or
+    warmup-stable-decay (`wsd`: constant, then a linear decay over the last `decay_fraction`).
+    It multiplies the lr of each epoch (after lr scaling and any batch schedule)."""
+
+    kind: Literal["constant", "cosine", "linear", "wsd"] = "cosine"
+    """constant, cosine, linear, or wsd (warmup-stable-decay)."""
+    warmup_steps: int | None = Field(default=None, ge=0)
+    """Updates of linear warmup: the lr of update i (0-based) is lr * (i + 1) / (warmup + 1)."""
+    warmup_fraction: float | None = Field(default=None, ge=0.0, lt=1.0)
+    """Warmup as a fraction of the planned updates (instead of warmup_steps)."""
+    final: float = Field(default=0.1, ge=0.0, le=1.0)
+    """The lr at the end as a fraction of the peak (nanoGPT: min_lr = lr / 10)."""
+    decay_fraction: float = Field(default=0.2, gt=0.0, le=1.0)
+    """wsd: the fraction of the planned updates spent decaying, at the end."""
+
+    @model_validator(mode="after")
+    def _one_warmup(self) -> LrDecay:
+        if self.warmup_steps is not None and self.warmup_fraction is not None:
+            raise ValueError("give warmup_steps or warmup_fraction, not both")
+        return self
+
+    def warmup(self, total_steps: int) -> int:
+        """Warmup updates for a trial of `total_steps` planned updates."""
+        if self.warmup_fraction is not None:
+            return round(self.warmup_fraction * total_steps)
+        return self.warmup_steps or 0
 
 
 class Adaptive(_Frozen):
@@ -219,11 +262,13 @@ class StudySpec(_Frozen):
     task_args: dict[str, Any] = Field(default_factory=dict)
     """Options of the task, e.g. regression: loss = "mae"; language-model: ignore_index."""
     model: str = "mlp"
-    """mlp, cnn, or package.module:function returning an nn.Module that maps a batch to the
+    """mlp, cnn, gpt, resnet, hf:NAME (a Hugging Face model type built from its config, or
+    hf:/folder), or package.module:function returning an nn.Module that maps a batch to the
     task's outputs (class logits, regression targets, or next-token logits [B, T, V])."""
     model_args: dict[str, Any] = Field(default_factory=dict)
     """Options of the model: mlp widths; cnn channels, hidden, kernel_size, batchnorm,
-    ghost_batch."""
+    ghost_batch; gpt layers, heads, width, context, dropout; resnet depth, width, norm,
+    ghost_batch; hf: the config's fields (n_layer, n_embd, ...)."""
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     """sgd (momentum, nesterov), adam or adamw (betas)."""
     momentum: float = Field(default=0.0, ge=0.0, lt=1.0)
@@ -232,8 +277,16 @@ class StudySpec(_Frozen):
     """Nesterov momentum, with sgd."""
     betas: tuple[float, float] = (0.9, 0.999)
     """Adam and AdamW betas."""
+    eps: float = Field(default=1e-8, gt=0.0)
+    """Adam and AdamW epsilon."""
     weight_decay: float = Field(default=0.0, ge=0.0)
     """Weight decay, as in torch.optim (decoupled for adamw)."""
+    no_decay: Literal["none", "biases-and-norms"] = "none"
+    """Parameters weight decay skips: none, or biases-and-norms (every parameter with fewer than
+    two dimensions: biases, LayerNorm and BatchNorm weights; nanoGPT's rule)."""
+    clip_grad_norm: float | None = Field(default=None, gt=0.0)
+    """Clip the gradient's global L2 norm to this before each update (unset: no clipping); the
+    fraction of clipped updates is recorded as the `clipping` probe."""
     lrs: tuple[float, ...] = (0.01,)
     """Base learning rates, each valid at reference_batch_size: a list, one number, or
     "lo:hi:n" for n values log-spaced from lo to hi."""
@@ -270,6 +323,9 @@ class StudySpec(_Frozen):
     """Multiply the batch size by factor at milestone epochs (Smith et al.)."""
     lr_schedule: Schedule | None = None
     """Divide the lr by factor at milestone epochs."""
+    lr_decay: LrDecay | None = None
+    """An lr schedule over the planned updates: warmup, then constant, cosine, linear or wsd,
+    e.g. { kind = "cosine", warmup_fraction = 0.05, final = 0.1 }."""
     regime_adaptation: bool = False
     """Hoffer et al.: train batch B for ceil(B / reference_batch_size) times the epochs,
     milestones stretched alike."""
@@ -282,7 +338,9 @@ class StudySpec(_Frozen):
     device: str = "auto"
     """auto (CUDA when available), cpu, cuda, cuda:N or mps."""
     threads: int | None = Field(default=None, gt=0)
-    """CPU threads for torch (unset: torch's default)."""
+    """CPU threads for torch per trial: N, or "auto" (the default, also when unset): torch's
+    default, lowered to the cores the load average leaves free on a busy machine
+    (batchlab.cpuload), with a one-line warning."""
     adaptive: Adaptive | None = None
     """Successive halving over the grid: true for the default rule, or a table of its options."""
     # How trials run (batchlab.executors): 1 = one after another in this process; N = a pool of
@@ -296,6 +354,11 @@ class StudySpec(_Frozen):
     data_workers: int = Field(default=0, ge=0)
     """DataLoader worker processes reading a map-style Dataset (0: read in the trial's process);
     in-memory tensors never use them."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """Arithmetic of the forward pass: fp32, or bf16 autocast (weights, gradients and the update
+    stay fp32). It changes the numbers, so it enters the trial id (when not fp32). Where the
+    device has no bf16 (a CPU without AVX512-BF16/AMX) it runs fp32, says so in one line, and
+    stores the precision used with each trial."""
     fuse: bool | Literal["auto"] = "auto"
     """Train trials that differ only in seed and lr as one batched step (batchlab.fused): auto
     (on CUDA, one trial after another), true (on any device), false (never)."""
@@ -306,6 +369,11 @@ class StudySpec(_Frozen):
         if isinstance(v, bool):  # adaptive = true: the default rule; false: the full grid
             return {} if v else None
         return v
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _threads(cls, v: object) -> object:
+        return None if v == "auto" else v  # "auto" is the default, kept as unset
 
     @field_validator("fuse", mode="before")
     @classmethod
@@ -336,8 +404,8 @@ class StudySpec(_Frozen):
             if not v:
                 raise ValueError("give at least one learning rate, e.g. lrs = [0.01]")
             for x in v:
-                if isinstance(x, int | float) and not isinstance(x, bool) and not x > 0:
-                    raise ValueError(f"learning rates must be > 0, got {x!r}")
+                if isinstance(x, int | float) and not isinstance(x, bool) and not 0 < x < math.inf:
+                    raise ValueError(f"learning rates must be finite and > 0, got {x!r}")
         return v
 
     @field_validator("seeds", mode="before")
@@ -347,6 +415,11 @@ class StudySpec(_Frozen):
             v = [v]
         if isinstance(v, list | tuple) and not v:
             raise ValueError("give at least one seed, e.g. seeds = [0]")
+        if isinstance(v, list | tuple) and len(v) > MAX_TRIALS:
+            raise ValueError(
+                f"{len(v):,} seeds: a study holds at most {MAX_TRIALS:,} trials;"
+                " use fewer seeds (a few are enough for a mean and its spread)"
+            )
         return v
 
     @field_validator("device")
@@ -357,9 +430,11 @@ class StudySpec(_Frozen):
         return v
 
     @model_validator(mode="after")
-    def _probes_exist(self) -> StudySpec:
+    def _probes_exist(self, info: ValidationInfo) -> StudySpec:
         # Build the probes once here (constructors only store their options), so an unknown
         # probe or option is refused before anything runs, not inside every trial.
+        if _stored(info):
+            return self
         from batchlab.probes import ProbeSuite
 
         try:
@@ -369,8 +444,10 @@ class StudySpec(_Frozen):
         return self
 
     @model_validator(mode="after")
-    def _task_exists(self) -> StudySpec:
+    def _task_exists(self, info: ValidationInfo) -> StudySpec:
         # A built-in task and its options are checked here; a user's task when the data loads.
+        if _stored(info):
+            return self
         from batchlab.errors import DataError
         from batchlab.tasks import TASKS, make_task
 
@@ -403,6 +480,23 @@ class StudySpec(_Frozen):
                     f"{key}: milestone {sched.milestones[-1]} is past the budget of"
                     f" {self.budget.epochs} epochs; use milestones below it"
                 )
+        if self.lr_decay is not None:
+            if self.budget.seconds is not None:
+                raise ValueError(
+                    "lr_decay: the schedule spans the planned updates; use an epochs, steps or"
+                    " samples budget, not seconds"
+                )
+            if self.lr_schedule is not None or self.warmup_epochs > 0:
+                raise ValueError(
+                    "lr_decay: one lr schedule at a time; remove lr_schedule and warmup_epochs"
+                    " (lr_decay has its own warmup)"
+                )
+            steps, warm = self.budget.steps, self.lr_decay.warmup_steps
+            if steps is not None and warm is not None and warm >= steps:
+                raise ValueError(
+                    f"lr_decay: warmup_steps {warm} is not below the budget of {steps} steps;"
+                    " use fewer warmup steps"
+                )
         if self.controls and (self.budget.epochs is None and self.budget.samples is None):
             raise ValueError("controls: need an epochs or samples budget (steps are already equal)")
         if self.controls and len(self.batch_sizes) < 2:
@@ -423,6 +517,13 @@ class StudySpec(_Frozen):
             raise ValueError(
                 "adaptive: rungs rank trials on the validation split;"
                 " set val_fraction > 0 (e.g. 0.1)"
+            )
+        per_variant = len(self.batch_sizes) * len(self.lrs) * len(self.seeds)
+        n_trials = max(1, len(self.variants)) * per_variant * (2 if self.controls else 1)
+        if n_trials > MAX_TRIALS:
+            raise ValueError(
+                f"seeds: the grid holds {n_trials:,} trials, more than the {MAX_TRIALS:,} a"
+                " study may hold; use fewer seeds, lrs or batch sizes"
             )
         labels = [str(v.get("label", "")) for v in self.variants]
         if any(not lab for lab in labels) or len(set(labels)) != len(labels):
@@ -448,6 +549,15 @@ class StudySpec(_Frozen):
                 (str(v["label"]), spec_from_dict(data, source=f"variants[{i}] ({v['label']})"))
             )
         return out
+
+    def hooks(self) -> frozenset[str]:
+        """The `package.module:function` hooks this spec names (dataset, task, each variant's
+        model): the code that rebuilding its data and models imports."""
+        from batchlab.plugins import is_hook
+
+        named = [("dataset", self.dataset), ("task", self.task), ("model", self.model)]
+        named += [("model", str(v.get("model"))) for v in self.variants if "model" in v]
+        return frozenset(ref for field, ref in named if ref and is_hook(ref, field=field))
 
     def trials(self, n_train: int | None = None) -> list[TrialSpec]:
         """The grid, in a fixed order: variant, batch size, lr, seed; then control runs.
@@ -554,6 +664,35 @@ class TrialSpec(_Frozen):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+GRID_FIELDS = ("batch_sizes", "lrs", "seeds")
+"""The grid's axes: a rerun may add values to them (more seeds, say), not remove any."""
+
+
+def spec_changes(stored: dict[str, Any], new: StudySpec, *, source: str) -> list[str]:
+    """How `new` differs from the `stored` spec of a study of the same name, as "field: old ->
+    new" per field that changes what runs; [] when a rerun of `new` continues the same study.
+
+    Execution fields (EXECUTION_FIELDS: device, workers, executor...) and the description do
+    not change what runs; a grid axis (GRID_FIELDS) may gain values. The stored spec is
+    validated like a fresh one first (defaults added since it was stored compare equal)."""
+    old = spec_from_dict(stored, source=source).to_toml_dict()
+    cur = new.to_toml_dict()
+    out = []
+    for key in sorted((old.keys() | cur.keys()) - EXECUTION_FIELDS - {"description"}):
+        a, b = old.get(key), cur.get(key)
+        if a == b:
+            continue
+        if key in GRID_FIELDS and isinstance(a, list) and isinstance(b, list) and set(a) <= set(b):
+            continue
+        out.append(f"{key}: {_short(a)} -> {_short(b)}")
+    return out
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 # ---------------------------------------------------------------------------------------------
 # Parsing at the edge: TOML text, --set overrides, and one-line errors.
 
@@ -588,10 +727,21 @@ def _explain(err: ValidationError, source: str) -> SpecError:
     return SpecError(f"{source}: field '{where}': {msg}")
 
 
-def spec_from_dict(data: dict[str, Any], *, source: str = "study spec") -> StudySpec:
-    """Validate plain data into a StudySpec, or raise a one-line SpecError."""
+def _stored(info: ValidationInfo) -> bool:
+    """Whether the spec is read back from a store (`spec_from_dict(..., stored=True)`)."""
+    return isinstance(info.context, dict) and bool(info.context.get("stored"))
+
+
+def spec_from_dict(
+    data: dict[str, Any], *, source: str = "study spec", stored: bool = False
+) -> StudySpec:
+    """Validate plain data into a StudySpec, or raise a one-line SpecError.
+
+    `stored`: a spec read back from a store, checked when its study was written. Its probes
+    and task are not built again, so reading results (`ls`, `show`) imports no torch.
+    """
     try:
-        return StudySpec.model_validate(data)
+        return StudySpec.model_validate(data, context={"stored": stored})
     except ValidationError as err:
         raise _explain(err, source) from None
 

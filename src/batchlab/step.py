@@ -19,7 +19,10 @@ member. The engine's loop (`engine.run_epochs`) drives a trial's steps and a fus
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
+from functools import cache
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -28,11 +31,46 @@ from torch import nn
 from batchlab import batch
 from batchlab.batch import Inputs
 from batchlab.fastpath import MLPStep
+from batchlab.probes.base import ProbeRecord
 from batchlab.tasks import Task
 from batchlab.tasks.classification import Classification
 
 Units = int | torch.Tensor
 """Examples in a batch, or tokens (a 0-d tensor, counted on the device) for a language model."""
+
+
+@cache
+def bf16_unsupported(device_type: str) -> str | None:
+    """Why `device_type` cannot run bf16 autocast at full speed, or None when it can."""
+    if device_type == "cuda":
+        return None if torch.cuda.is_bf16_supported() else "this GPU has no bf16"
+    if device_type == "cpu":
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            flags = ""
+        if "avx512_bf16" in flags or "amx_bf16" in flags:
+            return None
+        return "this CPU has no bf16 instructions (AVX512-BF16 or AMX): bf16 would run slower"
+    return None
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype a study's `precision` runs with on `device`: None for fp32, and for
+    bf16 where the device has none (`bf16_unsupported`)."""
+    if precision == "bf16" and bf16_unsupported(device.type) is None:
+        return torch.bfloat16
+    return None
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
+    """`torch.autocast` to `dtype` on `device`; nothing when `dtype` is None."""
+    if dtype is None:
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield
 
 
 def backward_batch(
@@ -43,18 +81,21 @@ def backward_batch(
     *,
     micro: int | None = None,
     loss_sum: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, int | torch.Tensor]:
     """Accumulate the batch's mean-loss gradient into `p.grad` (zero them first).
 
     Returns the task's score statistics of the batch and its units (examples or tokens); adds the
-    batch's summed loss to `loss_sum` in place when given (no host sync either way).
+    batch's summed loss to `loss_sum` in place when given (no host sync either way). `dtype`:
+    the forward pass and loss under autocast (bf16), gradients in the parameters' dtype.
     """
     units = task.units(yb)  # examples, or tokens for a language model
     stats: torch.Tensor | None = None
     size = micro if micro is not None else max(1, int(yb.shape[0]))
     for xm, ym in zip(batch.split(xb, size), torch.split(yb, size), strict=True):
-        out = task.forward(model, xm)
-        loss = task.micro_loss(out, ym, units)
+        with autocast(yb.device, dtype):
+            out = task.forward(model, xm)
+            loss = task.micro_loss(out, ym, units)
         loss.backward()  # type: ignore[no-untyped-call]
         if loss_sum is not None:
             loss_sum += loss.detach() * units
@@ -159,29 +200,64 @@ class AutogradStep:
     split = True
 
     def __init__(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, *, accumulate: int
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        task: Task,
+        *,
+        accumulate: int,
+        clip: float | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         self.model, self.optimizer, self.task = model, optimizer, task
-        self.accumulate = accumulate
+        self.accumulate, self.clip, self.dtype = accumulate, clip, dtype
         self.micro: int | None = None
         self.params = list(model.parameters())
-        # SGD takes the same arithmetic as optimizer.step() with less overhead.
-        self.fast_sgd = type(optimizer) is torch.optim.SGD
+        # SGD takes the same arithmetic as optimizer.step() with less overhead (one group).
+        self.fast_sgd = type(optimizer) is torch.optim.SGD and len(optimizer.param_groups) == 1
+        # Clipping: the clipped updates and the pre-clip norms, summed on the device (no sync).
+        self.clipped = torch.zeros((), device=self.params[0].device) if self.params else None
+        self.norm_sum = torch.zeros((), device=self.params[0].device) if self.params else None
+        self.updates = 0
 
     def backward(
         self, xb: Inputs, yb: torch.Tensor, loss_sum: torch.Tensor
     ) -> tuple[torch.Tensor, Units]:
         self.optimizer.zero_grad(set_to_none=True)
-        return backward_batch(self.model, self.task, xb, yb, micro=self.micro, loss_sum=loss_sum)
+        return backward_batch(
+            self.model, self.task, xb, yb, micro=self.micro, loss_sum=loss_sum, dtype=self.dtype
+        )
 
     def set_batch_size(self, batch_size: int) -> None:
         self.micro = batch_size // self.accumulate
 
     def update(self) -> None:
+        if self.clip is not None:
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip, foreach=True)
+            assert self.clipped is not None and self.norm_sum is not None
+            self.clipped += norm > self.clip
+            self.norm_sum += norm.detach()
+            self.updates += 1
         if self.fast_sgd:
             sgd_step(self.optimizer, self.params)
         else:
             self.optimizer.step()
+
+    def clip_records(self, step: int) -> list[ProbeRecord]:
+        """The `clipping` records of the updates since the last call (fraction clipped, mean
+        global gradient norm before clipping); none without clipping or updates."""
+        if self.clip is None or not self.updates:
+            return []
+        assert self.clipped is not None and self.norm_sum is not None
+        n = self.updates
+        out = [
+            ProbeRecord(step, "clipping", "fraction", float(self.clipped) / n),
+            ProbeRecord(step, "clipping", "grad_norm", float(self.norm_sum) / n),
+        ]
+        self.clipped.zero_()
+        self.norm_sum.zero_()
+        self.updates = 0
+        return out
 
 
 class FastMLPStep:
@@ -194,11 +270,20 @@ class FastMLPStep:
 
     @staticmethod
     def supports(
-        model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, *, accumulate: int
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        task: Task,
+        *,
+        accumulate: int,
+        clip: float | None = None,
     ) -> bool:
-        """The built-in MLP, plain SGD, classification, no accumulation (which sums gradients)."""
+        """The built-in MLP, plain SGD, classification, no accumulation (which sums gradients),
+        no clipping (which needs the whole gradient before the update)."""
         return (
-            type(task) is Classification and accumulate == 1 and MLPStep.supports(model, optimizer)
+            type(task) is Classification
+            and accumulate == 1
+            and clip is None
+            and MLPStep.supports(model, optimizer)
         )
 
     def backward(

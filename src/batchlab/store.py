@@ -13,15 +13,17 @@ writes that trial's rows, each write checked against its claim (`ClaimLost` othe
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from batchlab.errors import StoreError
 from batchlab.probes import ProbeRecord
@@ -114,6 +116,81 @@ class ClaimLost(Exception):
     """A write for a trial this process no longer owns (another process reclaimed it)."""
 
 
+class StoreUnavailable(StoreError):
+    """A write that kept failing for a passing reason (locked, disk full) after every retry:
+    the driver stops here, and the trial it was writing stays resumable (never FAILED)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class WriteRetry:
+    """How a write transaction that fails for a passing reason (another process holds the lock
+    past the busy timeout, a full disk) is retried: `attempts` tries in all, waiting `first_s`,
+    then twice as long each time, at most `max_s`, in between."""
+
+    attempts: int = 8
+    first_s: float = 0.5
+    max_s: float = 30.0
+
+    def delays(self) -> list[float]:
+        """The waits between tries (defaults: 0.5, 1, 2, 4, 8, 16, 30 s: 61.5 s in all)."""
+        return [min(self.max_s, self.first_s * 2**i) for i in range(max(0, self.attempts - 1))]
+
+
+WRITE_RETRY = WriteRetry()
+"""The default retry of every write; with the 30 s busy timeout per try, a lock held by another
+process is waited for at most 8 x 30 s + 61.5 s, about 5 minutes, before the driver stops."""
+
+_TRANSIENT = ("database is locked", "database table is locked", "disk is full", "disk i/o error")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _explain(path: Path, err: sqlite3.Error) -> StoreError:
+    """A SQLite failure as a one-line error naming the file and what to do."""
+    text = str(err)
+    low = text.lower()
+    if "malformed" in low or "not a database" in low or "corrupt" in low:
+        return StoreError(
+            f"store {path} is damaged ({text}); restore it from a backup, salvage it with"
+            f" `sqlite3 {path} .recover`, or pass --store NEW.db"
+        )
+    if "readonly" in low or "read-only" in low:
+        return StoreError(
+            f"store {path} is read-only ({text}); only run writes: make it (and its folder)"
+            " writable, or pass --store NEW.db"
+        )
+    if "disk is full" in low:
+        return StoreError(f"store {path}: the disk is full ({text}); free space and rerun")
+    if "unable to open" in low:
+        return StoreError(
+            f"store {path}: cannot open ({text}); check that its folder exists and is readable"
+        )
+    return StoreError(f"store {path}: SQLite failed ({text}); check the file or pass --store")
+
+
+def _reads(method: Callable[P, R]) -> Callable[P, R]:
+    """A read of the store: SQLite failures and malformed stored values (JSON, states) become
+    one-line `StoreError`s naming the file, never tracebacks."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except (sqlite3.IntegrityError, sqlite3.ProgrammingError):
+            raise
+        except sqlite3.DatabaseError as err:
+            raise _explain(args[0].path, err) from None  # type: ignore[attr-defined]
+        except (ValueError, TypeError, KeyError) as err:
+            path = args[0].path  # type: ignore[attr-defined]
+            raise StoreError(
+                f"store {path}: malformed stored data ({type(err).__name__}: {err});"
+                " the file was edited or damaged: restore it from a backup or pass --store NEW.db"
+            ) from None
+
+    return wrapper
+
+
 def _start_ticks(pid: int) -> str:
     """A process's start time in clock ticks since boot (Linux), to tell a reused pid apart;
     empty where /proc is not available."""
@@ -159,36 +236,124 @@ def _none_to_nan(v: Any) -> Any:
 
 
 class Store:
-    """A study store backed by one SQLite file. Open it, use it, close it (or use `with`)."""
+    """A study store backed by one SQLite file. Open it, use it, close it (or use `with`).
 
-    def __init__(self, path: str | Path) -> None:
+    `read_only` opens the file for reading only (`ls`, `show`, `report`...): nothing is
+    created, migrated or switched to WAL, and a file that is not a batchlab store is refused
+    unchanged. Writes retry a failure that passes (a lock, a full disk) as `retry` says."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        read_only: bool = False,
+        busy_timeout_s: float | None = None,
+        retry: WriteRetry | None = None,
+    ) -> None:
         self.path = Path(path)
+        self.read_only = read_only
+        self.retry = retry or WRITE_RETRY  # module defaults, read now: tests may set them
+        self._busy_timeout_s = BUSY_TIMEOUT_S if busy_timeout_s is None else busy_timeout_s
         try:
-            self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-            # Switching a new file to WAL needs the file to itself, and SQLite answers "locked"
-            # at once, without waiting, while another process opens it too: retry for a while.
-            deadline = time.monotonic() + BUSY_TIMEOUT_S
-            while True:
-                try:
-                    self._db.execute("PRAGMA journal_mode=WAL")
-                    break
-                except sqlite3.OperationalError as err:
-                    if "locked" not in str(err) or time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db = self._connect()
+        except sqlite3.DatabaseError as err:
+            raise _explain(self.path, err) from None
+        try:
+            self._open()
+        except StoreError:
+            self._db.close()
+            raise
+        except sqlite3.DatabaseError as err:
+            self._db.close()
+            if "not a database" in str(err) and not read_only:
+                raise StoreError(
+                    f"store {self.path}: cannot open as a batchlab SQLite store ({err});"
+                    " pass --store NEW.db"
+                ) from None
+            raise _explain(self.path, err) from None
+
+    def _connect(self) -> sqlite3.Connection:
+        timeout = self._busy_timeout_s
+        if not self.read_only:
+            return sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+        uri = self.path.resolve().as_uri()
+        try:
+            db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=timeout, isolation_level=None)
+            db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+            return db
+        except sqlite3.OperationalError as err:
+            # A WAL store on read-only media: SQLite cannot create its shared-memory file
+            # there; nothing can write it either, so it is read as an immutable file.
+            if "unable to open" not in str(err):
+                raise
+            wal = self.path.with_name(self.path.name + "-wal")
+            if wal.exists() and wal.stat().st_size > 0:  # immutable reads would skip it
+                raise StoreError(
+                    f"store {self.path}: its last writes are still in {wal.name}, which a"
+                    " read-only folder cannot merge; copy the store and its -wal file to a"
+                    " writable folder and read it there"
+                ) from None
+            return sqlite3.connect(
+                f"{uri}?immutable=1", uri=True, timeout=timeout, isolation_level=None
+            )
+
+    def _schema_version(self) -> int | None:
+        """The store's schema version; None for an empty file; a StoreError for a SQLite file
+        that is not a batchlab store (left as it is)."""
+        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
+        if not tables:
+            return None
+        row = None
+        if "meta" in tables:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None or not {"studies", "trials"} <= tables:
+            raise StoreError(
+                f"store {self.path} is an SQLite file but not a batchlab store (left unchanged);"
+                " pass the right --store, or a new file"
+            )
+        try:
+            return int(row[0])
+        except ValueError:
+            raise StoreError(
+                f"store {self.path}: malformed schema version {row[0]!r}; restore it from a backup"
+            ) from None
+
+    def _open(self) -> None:
+        version = self._schema_version()
+        if version is not None and version > SCHEMA_VERSION:
+            raise StoreError(
+                f"store {self.path} was written by a newer batchlab (schema {version}, this one"
+                f" reads {SCHEMA_VERSION}); upgrade batchlab"
+            )
+        if self.read_only:
+            if version is None:
+                raise StoreError(
+                    f"store {self.path} is empty, not a batchlab store (left unchanged);"
+                    " run a study into it first, or pass the right --store"
+                )
+            return
+        # Switching a new file to WAL needs the file to itself, and SQLite answers "locked"
+        # at once, without waiting, while another process opens it too: retry for a while.
+        deadline = time.monotonic() + self._busy_timeout_s
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        if version != SCHEMA_VERSION:  # a store at this schema is not written to on opening
             # In one write transaction, which waits for other writers (busy timeout).
             self._db.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA}\nCOMMIT;")
             self._migrate()
-        except sqlite3.DatabaseError as err:
-            raise StoreError(
-                f"store {self.path}: cannot open as a batchlab SQLite store ({err})"
-            ) from None
 
     def _migrate(self) -> None:
         """Bring an older store up to this schema (new columns only: old readers still work)."""
-        with self._tx() as db:
+
+        def body(db: sqlite3.Connection) -> None:
             columns = {r[1] for r in db.execute("PRAGMA table_info(trials)")}
             for name, kind in (("owner", "TEXT"), ("heartbeat_at", "REAL")):
                 if name not in columns:
@@ -198,12 +363,15 @@ class Store:
                 (str(SCHEMA_VERSION),),
             )
 
+        self._write(body)
+
     @classmethod
-    def open_existing(cls, path: str | Path) -> Store:
-        """Open a store that must already exist (read paths never create an empty file)."""
+    def open_existing(cls, path: str | Path, *, read_only: bool = True) -> Store:
+        """Open a store that must already exist (read paths never create an empty file), for
+        reading only unless `read_only=False`."""
         if not Path(path).is_file():
             raise StoreError(f"store {path} does not exist; run a study first or pass --store PATH")
-        return cls(path)
+        return cls(path, read_only=read_only)
 
     def close(self) -> None:
         self._db.close()
@@ -214,22 +382,55 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _write_once(self, body: Callable[[sqlite3.Connection], R]) -> R:
+        """Run `body` in one write transaction (BEGIN IMMEDIATE waits for other writers)."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            yield self._db
+            out = body(self._db)
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
+        return out
+
+    def _write(self, body: Callable[[sqlite3.Connection], R]) -> R:
+        """`_write_once`, retried with backoff (`self.retry`) while it fails for a passing
+        reason; `StoreUnavailable` when every try failed, a `StoreError` for any other SQLite
+        failure (damaged, read-only), each naming the file."""
+        if self.read_only:
+            raise StoreError(f"store {self.path} was opened for reading only; writes need run")
+        delays = self.retry.delays()
+        started = time.monotonic()
+        for attempt in range(len(delays) + 1):
+            try:
+                return self._write_once(body)
+            except (sqlite3.IntegrityError, sqlite3.ProgrammingError):
+                raise
+            except sqlite3.OperationalError as err:
+                if not any(t in str(err).lower() for t in _TRANSIENT):
+                    raise _explain(self.path, err) from None
+                if attempt == len(delays):
+                    what = "free disk space" if "full" in str(err) else "wait for it to finish"
+                    raise StoreUnavailable(
+                        f"store {self.path}: a write failed {attempt + 1} times over"
+                        f" {time.monotonic() - started:.0f} s ({err}); {what}, then rerun the"
+                        " same command: the trials interrupted resume from their last"
+                        " checkpoint, nothing recorded is lost"
+                    ) from None
+                time.sleep(delays[attempt])
+            except sqlite3.DatabaseError as err:
+                raise _explain(self.path, err) from None
+        raise AssertionError("unreachable")
 
     # ---- studies ---------------------------------------------------------------------------------
     def put_study(self, name: str, spec: dict[str, Any]) -> bool:
         """Create or update a study's spec; True when the stored spec changed."""
         blob = json.dumps(spec, sort_keys=True)
         now = time.time()
-        with self._tx() as db:
+
+        def body(db: sqlite3.Connection) -> bool:
             row = db.execute("SELECT spec_json FROM studies WHERE name = ?", (name,)).fetchone()
             if row is None:
                 db.execute(
@@ -244,9 +445,13 @@ class Store:
             )
             return True
 
+        return self._write(body)
+
+    @_reads
     def study_names(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT name FROM studies ORDER BY created_at")]
 
+    @_reads
     def study_spec(self, name: str) -> dict[str, Any]:
         row = self._db.execute("SELECT spec_json FROM studies WHERE name = ?", (name,)).fetchone()
         if row is None:
@@ -254,6 +459,79 @@ class Store:
             raise StoreError(f"no study named {name!r} in {self.path} (studies: {known})")
         return dict(json.loads(row[0]))
 
+    @_reads
+    def stored_spec(self, name: str) -> dict[str, Any] | None:
+        """A study's stored spec, or None when the store holds no study of that name."""
+        row = self._db.execute("SELECT spec_json FROM studies WHERE name = ?", (name,)).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def put_check(self, name: str, verdict: dict[str, Any] | None) -> None:
+        """Keep `batchlab check`'s verdict on study `name` (small JSON in `meta`, key check:NAME;
+        a newer check replaces it; None removes a stale one)."""
+        blob = json.dumps(verdict, sort_keys=True)
+
+        def body(db: sqlite3.Connection) -> None:
+            if verdict is None:
+                db.execute("DELETE FROM meta WHERE key = ?", (f"check:{name}",))
+                return
+            db.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (f"check:{name}", blob)
+            )
+
+        self._write(body)
+
+    @_reads
+    def study_check(self, name: str) -> dict[str, Any] | None:
+        """The stored `batchlab check` verdict of study `name`, or None (never checked)."""
+        row = self._db.execute(
+            "SELECT value FROM meta WHERE key = ?", (f"check:{name}",)
+        ).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def delete_study_trials(self, name: str) -> int:
+        """Delete every trial of study `name` with its evaluations, probe records, weights and
+        checkpoints (`run --force`); other studies are untouched. The number deleted."""
+
+        def body(db: sqlite3.Connection) -> int:
+            ids = "SELECT trial_id FROM trials WHERE study = ?"
+            for table in ("evals", "probes", "weights", "checkpoints"):
+                db.execute(f"DELETE FROM {table} WHERE trial_id IN ({ids})", (name,))
+            return int(db.execute("DELETE FROM trials WHERE study = ?", (name,)).rowcount)
+
+        return self._write(body)
+
+    def reset_failed(self, trial_ids: Sequence[str]) -> int:
+        """Make the FAILED trials among `trial_ids` WAITING again, their partial evaluations
+        and probe records dropped, so they rerun from scratch (`run --retry-failed`); how many."""
+
+        def body(db: sqlite3.Connection) -> int:
+            n = 0
+            for tid in trial_ids:
+                cur = db.execute(
+                    "UPDATE trials SET state = ?, error = NULL, diverged_step = NULL,"
+                    " started_at = NULL, ended_at = NULL, owner = NULL, heartbeat_at = NULL"
+                    " WHERE trial_id = ? AND state = ?",
+                    (TrialState.WAITING.value, tid, TrialState.FAILED.value),
+                )
+                if cur.rowcount:
+                    n += 1
+                    for table in ("evals", "probes", "weights", "checkpoints"):
+                        db.execute(f"DELETE FROM {table} WHERE trial_id = ?", (tid,))
+            return n
+
+        return self._write(body)
+
+    @_reads
+    def live_owners(self, study: str, *, lease_s: float = LEASE_S) -> list[str]:
+        """The live processes (other than this one) holding RUNNING trials of `study`."""
+        me = process_owner()
+        rows = self._db.execute(
+            "SELECT DISTINCT owner, heartbeat_at FROM trials WHERE study = ? AND state = ?",
+            (study, TrialState.RUNNING.value),
+        ).fetchall()
+        return [o for o, beat in rows if o != me and owner_alive(o, beat, lease_s=lease_s)]
+
+    @_reads
     def study_summary(self) -> list[dict[str, Any]]:
         """One dict per study: name, trial counts per state, creation time."""
         out = []
@@ -271,7 +549,8 @@ class Store:
     # ---- trials ----------------------------------------------------------------------------------
     def add_trials(self, study: str, trials: Sequence[dict[str, Any]]) -> None:
         """Register trials (WAITING) that are not in the store yet; existing ones are left as is."""
-        with self._tx() as db:
+
+        def body(db: sqlite3.Connection) -> None:
             (start,) = db.execute(
                 "SELECT COALESCE(MAX(number) + 1, 0) FROM trials WHERE study = ?", (study,)
             ).fetchone()
@@ -294,6 +573,9 @@ class Store:
                 )
                 number += cur.rowcount
 
+        return self._write(body)
+
+    @_reads
     def trial_state(self, trial_id: str) -> TrialState:
         row = self._db.execute(
             "SELECT state FROM trials WHERE trial_id = ?", (trial_id,)
@@ -309,8 +591,11 @@ class Store:
         Evaluation rows recorded after the checkpoint (by a run that was killed before its next
         checkpoint) are deleted here, so the resumed run writes them again exactly once.
         """
-        with self._tx() as db:
+
+        def body(db: sqlite3.Connection) -> tuple[int, bytes | None]:
             return self._start(db, trial_id, provenance, process_owner())
+
+        return self._write(body)
 
     def claim_trial(
         self,
@@ -323,7 +608,8 @@ class Store:
         """`start_trial` for one of several processes: None unless the trial is WAITING, or
         RUNNING under a claim that no longer holds (`owner_alive`). Atomic: the check and the
         update happen in one write transaction, so two processes never both get a trial."""
-        with self._tx() as db:
+
+        def body(db: sqlite3.Connection) -> tuple[int, bytes | None] | None:
             row = db.execute(
                 "SELECT state, owner, heartbeat_at FROM trials WHERE trial_id = ?", (trial_id,)
             ).fetchone()
@@ -332,6 +618,8 @@ class Store:
             if not self._claimable(row, owner, lease_s):
                 return None
             return self._start(db, trial_id, provenance, owner)
+
+        return self._write(body)
 
     @staticmethod
     def _claimable(row: Sequence[Any], owner: str, lease_s: float) -> bool:
@@ -344,6 +632,7 @@ class Store:
             return not owner_alive(holder, beat, lease_s=lease_s)
         return True
 
+    @_reads
     def claim_states(
         self, trial_ids: Sequence[str], *, owner: str, lease_s: float = LEASE_S
     ) -> dict[str, tuple[TrialState, bool]]:
@@ -382,16 +671,20 @@ class Store:
 
     def heartbeat(self, owner: str) -> int:
         """Renew every claim `owner` holds; the number of RUNNING trials it holds."""
-        with self._tx() as db:
+
+        def body(db: sqlite3.Connection) -> int:
             cur = db.execute(
                 "UPDATE trials SET heartbeat_at = ? WHERE owner = ? AND state = ?",
                 (time.time(), owner, TrialState.RUNNING.value),
             )
             return int(cur.rowcount)
 
+        return self._write(body)
+
     def update_provenance(self, trial_id: str, updates: dict[str, Any]) -> None:
         """Merge `updates` (where a worker ran: host, pid, device) into a trial's provenance."""
-        with self._tx() as db:
+
+        def body(db: sqlite3.Connection) -> None:
             row = db.execute(
                 "SELECT provenance_json FROM trials WHERE trial_id = ?", (trial_id,)
             ).fetchone()
@@ -401,6 +694,8 @@ class Store:
                     "UPDATE trials SET provenance_json = ? WHERE trial_id = ?",
                     (json.dumps(merged), trial_id),
                 )
+
+        return self._write(body)
 
     @staticmethod
     def _check_claim(db: sqlite3.Connection, trial_id: str, owner: str | None) -> None:
@@ -424,7 +719,8 @@ class Store:
         """Store one evaluation and, in the same transaction, its checkpoint and probe records.
         With `owner`, only while that owner holds the trial's claim (else `ClaimLost`)."""
         values = [_nan_to_none(v) for v in record.as_dict().values()]
-        with self._tx() as db:
+
+        def body(db: sqlite3.Connection) -> None:
             self._check_claim(db, trial_id, owner)
             self._insert_probes(db, trial_id, probes)
             db.execute(
@@ -438,6 +734,8 @@ class Store:
                     " VALUES (?,?,?)",
                     (trial_id, record.idx, checkpoint),
                 )
+
+        return self._write(body)
 
     @staticmethod
     def _insert_probes(
@@ -463,7 +761,8 @@ class Store:
         checkpoint, which is no longer needed. With `owner`, only while that owner holds the
         trial's claim (else `ClaimLost`)."""
         assert state.is_finished, state
-        with self._tx() as db:
+
+        def body(db: sqlite3.Connection) -> None:
             self._check_claim(db, trial_id, owner)
             self._insert_probes(db, trial_id, probes)
             if weights is not None:
@@ -478,6 +777,9 @@ class Store:
             )
             db.execute("DELETE FROM checkpoints WHERE trial_id = ?", (trial_id,))
 
+        return self._write(body)
+
+    @_reads
     def probe_rows(self, study: str) -> list[tuple[str, int, str, str, float]]:
         """(trial_id, step, probe, key, value) for every probe record of a study."""
         self.study_spec(study)
@@ -494,7 +796,8 @@ class Store:
     # ---- hardware profiles ---------------------------------------------------------------------
     def put_profile(self, subject: str, device: str, profile: dict[str, Any]) -> int:
         """Store a hardware profile (`batchlab profile`) of `subject` (`profile_subject`)."""
-        with self._tx() as db:
+
+        def body(db: sqlite3.Connection) -> int:
             cur = db.execute(
                 "INSERT INTO profiles(created_at, subject, device, profile_json)"
                 " VALUES (?, ?, ?, ?)",
@@ -502,6 +805,9 @@ class Store:
             )
             return int(cur.lastrowid or 0)
 
+        return self._write(body)
+
+    @_reads
     def profiles(self, subject: str) -> list[tuple[float, str, dict[str, Any]]]:
         """(created_at, device, profile) of every profile of `subject`, newest first."""
         return [
@@ -513,6 +819,7 @@ class Store:
             )
         ]
 
+    @_reads
     def weights(self, trial_id: str) -> bytes | None:
         """The final weights of a finished trial (None when not stored)."""
         row = self._db.execute(
@@ -520,6 +827,27 @@ class Store:
         ).fetchone()
         return bytes(row[0]) if row else None
 
+    @_reads
+    def trial_provenance(self, trial_id: str) -> dict[str, Any]:
+        """Where and with what a trial ran ({} for an unknown trial)."""
+        row = self._db.execute(
+            "SELECT provenance_json FROM trials WHERE trial_id = ?", (trial_id,)
+        ).fetchone()
+        return dict(json.loads(row[0])) if row and row[0] else {}
+
+    @_reads
+    def last_eval(self, trial_id: str) -> EvalRecord | None:
+        """A trial's latest evaluation (None before its first): one row, for a progress line."""
+        row = self._db.execute(
+            f"SELECT {', '.join(_EVAL_COLUMNS)} FROM evals WHERE trial_id = ?"
+            " ORDER BY idx DESC LIMIT 1",
+            (trial_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        return EvalRecord(**dict(zip(_EVAL_COLUMNS, (_none_to_nan(v) for v in row), strict=True)))
+
+    @_reads
     def trials(self, study: str) -> list[FrozenTrial]:
         """Every trial of a study, in registration order, with its evaluations."""
         self.study_spec(study)  # raises a clear error for an unknown study

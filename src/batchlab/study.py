@@ -8,19 +8,24 @@ and RUNNING ones (from a killed run) continue from their last checkpoint.
 
 from __future__ import annotations
 
+import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
 
+from batchlab import cpuload
 from batchlab.adaptive import run_adaptive
+from batchlab.cpuload import plan_threads
 from batchlab.data import tensor_rows
 from batchlab.engine import Checkpoint, Outcome, build_model_for, train_trial
 from batchlab.errors import SpecError, StoreError
 from batchlab.executors import check_executor, run_trials
+from batchlab.plugins import only_hooks
 from batchlab.prepared import (
     NullReporter,
     PreparedStudy,
@@ -32,11 +37,13 @@ from batchlab.prepared import (
 )
 from batchlab.probes import ProbeRecord
 from batchlab.results import DEFAULT_STORE, TRIAL_COLUMNS, Study, load_study
-from batchlab.spec import StudySpec, TrialSpec, load_spec
+from batchlab.spec import StudySpec, TrialSpec, load_spec, spec_changes
+from batchlab.step import autocast_dtype, bf16_unsupported
 from batchlab.store import Store
 from batchlab.trial import EvalRecord, FrozenTrial, TrialState
 
 if TYPE_CHECKING:
+    from batchlab.check import CheckResult
     from batchlab.trackers import Tracker
 
 
@@ -83,6 +90,8 @@ def _run_one(
             on_progress=reporter.trial_progress,
             stop_at_step=stop_at_step,
         )
+    except StoreError:  # the store failed, not the trial: it stays resumable
+        raise
     except Exception:  # any failure of one trial is recorded, and the study goes on
         store.finish_trial(tid, TrialState.FAILED, error=traceback.format_exc())
         return TrialState.FAILED
@@ -92,11 +101,23 @@ def _run_one(
     store.finish_trial(
         tid,
         outcome.state,
+        error=outcome.reason,
         diverged_step=outcome.diverged_step,
         probes=outcome.probes,
         weights=weights,
     )
     return outcome.state
+
+
+def precision_used(spec: StudySpec, device: torch.device) -> str | dict[str, str]:
+    """The precision trials of `spec` run with on `device` (what `engine` autocasts to): one
+    value, or one per variant label when variants differ."""
+    used = {
+        label: "bf16" if autocast_dtype(v.precision, device) is not None else "fp32"
+        for label, v in spec.resolved_variants()
+    }
+    values = set(used.values())
+    return values.pop() if len(values) == 1 else used
 
 
 def run_study(
@@ -108,13 +129,23 @@ def run_study(
     scale: str | None = None,
     reporter: Reporter | None = None,
     trackers: Sequence[Tracker] = (),
+    force: bool = False,
+    retry_failed: bool = False,
+    notify: Callable[[str], None] | None = None,
 ) -> Study:
     """Run (or resume) a study and return it as stored.
 
     `spec` is a StudySpec, a path to a TOML file, or a dict of spec fields; `scale` picks a
     file's `[small]` or `[full]` table. `trackers` (batchlab.trackers) get each trial that this
     process runs, read back from the store when it finishes.
+
+    A study is one spec: a rerun with the same spec (execution fields aside, grid axes
+    possibly extended) resumes it; another spec under a stored name is refused, unless
+    `force`, which deletes that study's trials first and runs it from scratch.
+    `retry_failed` runs the study's FAILED trials again from scratch. `notify` hears what
+    either did, in one line (default: printed on stderr).
     """
+    say = notify or (lambda line: print(line, file=sys.stderr))
     if isinstance(spec, str | Path):
         spec = load_spec(Path(spec), overrides=list(overrides), scale=scale)
     elif isinstance(spec, dict):
@@ -126,37 +157,107 @@ def run_study(
         from batchlab.trackers import TrackingReporter
 
         reporter = TrackingReporter(trackers, store=store, inner=reporter)
-    if spec.threads is not None:
-        torch.set_num_threads(spec.threads)
     check_executor(spec)
     prepared = prepare(spec, data_dir=data_dir)
-    trials = spec.trials(n_train=prepared.data.n_train)
-    with Store(store) as s:
-        s.put_study(spec.name, spec.to_toml_dict())
-        s.add_trials(
-            spec.name,
-            [
-                {
-                    "trial_id": t.trial_id,
-                    "batch_size": t.batch_size,
-                    "lr_base": t.lr_base,
-                    "lr": t.lr,
-                    "seed": t.seed,
-                    "params": t.params(),
-                }
-                for t in trials
-            ],
+    # Threads: the spec's count, or under "auto" torch's default lowered to the free cores of
+    # a busy machine (batchlab.cpuload); read once the spec is valid, recorded with every trial.
+    plan = plan_threads(spec.threads, default=torch.get_num_threads(), load=cpuload.read_load())
+    notes = [plan.warning] if plan.warning is not None else []
+    if any(v.precision == "bf16" for _, v in spec.resolved_variants()):
+        why = bf16_unsupported(prepared.device.type)
+        if why is not None:
+            notes.append(f"precision: bf16 asked, but {why}; running fp32 (stored per trial)")
+    threads_before = torch.get_num_threads()
+    if plan.threads != threads_before:
+        torch.set_num_threads(plan.threads)
+    try:
+        prepared = replace(prepared, cores=plan.cores)
+        trials = spec.trials(n_train=prepared.data.n_train)
+        verdict = accumulation_check(prepared)
+        with Store(store) as s:
+            _same_study_or_forced(s, spec, force=force, say=say)
+            for note in notes:  # once nothing can refuse the study any more
+                say(f"batchlab: {note}")
+            s.put_study(spec.name, spec.to_toml_dict())
+            if verdict is not None or s.study_check(spec.name) is not None:
+                s.put_check(spec.name, verdict)  # a rerun without accumulation drops a stale one
+            s.add_trials(
+                spec.name,
+                [
+                    {
+                        "trial_id": t.trial_id,
+                        "batch_size": t.batch_size,
+                        "lr_base": t.lr_base,
+                        "lr": t.lr,
+                        "seed": t.seed,
+                        "params": t.params(),
+                    }
+                    for t in trials
+                ],
+            )
+            if retry_failed:
+                n = s.reset_failed([t.trial_id for t in trials])
+                plural = "s" * (n != 1)
+                say(f"retry-failed: running {n} failed trial{plural} of study {spec.name!r} again")
+            todo = [t for t in trials if not s.trial_state(t.trial_id).is_finished]
+            reporter.study_started(spec, len(trials), len(trials) - len(todo))
+            prov = provenance(prepared.device)
+            prov["task"] = task_provenance(prepared.data)
+            prov["precision"] = precision_used(spec, prepared.device)
+            if spec.adaptive is not None:  # successive halving over the grid: batchlab.adaptive
+                run_adaptive(s, trials, prepared, reporter, prov, run_one=_run_one)
+                todo = []
+            run_trials(
+                s, todo, prepared, reporter, prov
+            )  # claimed one by one; see batchlab.executors
+            reporter.study_finished()
+    finally:  # the process's own thread count again, for the caller and the next study
+        torch.set_num_threads(threads_before)
+    return load_study(spec.name, store, trust_hooks=True)  # the caller's own spec
+
+
+def accumulation_check_result(prepared: PreparedStudy) -> CheckResult | None:
+    """`batchlab check` of a study with gradient accumulation (`accumulate` > 1 in a variant),
+    part of its preflight; None without accumulation."""
+    if all(v.accumulate == 1 for _, v in prepared.spec.resolved_variants()):
+        return None
+    from batchlab.check import check_prepared
+
+    return check_prepared(prepared)
+
+
+def accumulation_check(prepared: PreparedStudy) -> dict[str, Any] | None:
+    """The check's verdict (its summary) for a study with accumulation, stored with the study
+    and shown in its report's assumptions; None without accumulation."""
+    result = accumulation_check_result(prepared)
+    return None if result is None else result.summary()
+
+
+def _same_study_or_forced(
+    s: Store, spec: StudySpec, *, force: bool, say: Callable[[str], None]
+) -> None:
+    """Refuse, before anything is written, a spec that differs from the one stored under its
+    name (a study is one spec); with `force`, delete that study's trials instead."""
+    stored = s.stored_spec(spec.name)
+    if stored is None:
+        return
+    if force:
+        busy = s.live_owners(spec.name)
+        if busy:
+            raise StoreError(
+                f"--force: study {spec.name!r} in {s.path} is running in {busy[0]};"
+                " stop it first, or rerun under another --name"
+            )
+        n = s.delete_study_trials(spec.name)
+        say(f"force: deleted the {n} stored trials of study {spec.name!r}; running it afresh")
+        return
+    changes = spec_changes(stored, spec, source=f"store {s.path}: stored study {spec.name!r}")
+    if changes:
+        raise SpecError(
+            f"study {spec.name!r} in {s.path} was run with another spec ({'; '.join(changes)});"
+            " a study is one spec: rerun under a new name (--name NEW), replace its trials"
+            " (--force), or use another store (--store NEW.db)"
         )
-        todo = [t for t in trials if not s.trial_state(t.trial_id).is_finished]
-        reporter.study_started(spec, len(trials), len(trials) - len(todo))
-        prov = provenance(prepared.device)
-        prov["task"] = task_provenance(prepared.data)
-        if spec.adaptive is not None:  # successive halving over the grid: batchlab.adaptive
-            run_adaptive(s, trials, prepared, reporter, prov, run_one=_run_one)
-            todo = []
-        run_trials(s, todo, prepared, reporter, prov)  # claimed one by one; see batchlab.executors
-        reporter.study_finished()
-    return load_study(spec.name, store)
 
 
 def interpolate_trials(
@@ -185,11 +286,18 @@ def interpolate_trials(
     pair = next((g for g in groups.values() if len({t.batch_size for t in g}) > 1), done)
     a = study.find_trial(ref_a) if ref_a else max(pair, key=lambda t: t.batch_size)
     b = study.find_trial(ref_b) if ref_b else min(pair, key=lambda t: t.batch_size)
+    if a.trial_id == b.trial_id:
+        raise SpecError(
+            f"interpolate: trial {a.trial_id} would be both ends of the line (study"
+            f" {study.name!r} has no two finished batch sizes of one seed and lr); pass --a"
+            " and --b with two different trials"
+        )
     if points < 2:
         raise SpecError("--points: need at least 2 points")
     spec = dict(study.spec.resolved_variants()).get(str(a.params.get("variant", "")), study.spec)
-    data = load_study_data(spec, data_dir=data_dir)
-    model = build_model_for(spec, data, seed=0)
+    with only_hooks(study.allowed_hooks):  # a store is data: it names no code to import
+        data = load_study_data(spec, data_dir=data_dir)
+        model = build_model_for(spec, data, seed=0)
     alphas = [-1.0 + 3.0 * i / (points - 1) for i in range(points)]
     wa, wb = study.weights(a.trial_id), study.weights(b.trial_id)
     train = interpolate(

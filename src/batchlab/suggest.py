@@ -41,6 +41,8 @@ sweep it would replace, and returns a `Suggestion`:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 import statistics
@@ -786,7 +788,13 @@ def suggest(
             "device": device,
             "eval_every": 1,
         }
-        name = verify_name or "suggest-verify-" + re.sub(r"[^A-Za-z0-9_.-]", "_", dataset)
+        # One study per verification: the same suggestion resumes it, another gets its own (a
+        # study is one spec; a rerun under its name with another spec is refused).
+        digest = hashlib.sha256(
+            json.dumps([base, sizes, lrs, per_trial], sort_keys=True, default=str).encode()
+        ).hexdigest()[:8]
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", dataset)
+        name = verify_name or f"suggest-verify-{safe}-{digest}"
         verification = verify_neighbours(
             base={k: v for k, v in base.items() if v is not None},
             sizes=sizes,

@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 
 from batchlab.analysis.critical import (
+    MIN_BATCH_SIZES,
     CriticalBatchError,
+    NotEnoughBatchSizes,
     Target,
     critical_batch_size,
     fit_steps,
@@ -175,7 +177,7 @@ def test_errors_are_one_line_and_never_numbers() -> None:
     only_one = [linear_trial(8, 50.0)] + [
         trial(b, (ev(0, 0, b, 0.1), ev(1, 10, b, 0.2))) for b in BATCHES[1:]
     ]
-    with pytest.raises(CriticalBatchError, match="only batch size 8 reaches.*need at least 2"):
+    with pytest.raises(CriticalBatchError, match=r"not enough batch sizes: 1 \(8\) of 7 reach"):
         critical_batch_size(only_one, Target(metric="val_acc", value=0.9, fraction=None))
     growing = [linear_trial(b, 10.0 * b) for b in BATCHES]  # more steps at larger batches
     with pytest.raises(CriticalBatchError, match="fit did not converge") as err:
@@ -188,12 +190,12 @@ def test_errors_are_one_line_and_never_numbers() -> None:
 
 def test_a_b_crit_outside_the_fitted_batch_sizes_is_flagged_as_an_extrapolation() -> None:
     target = Target(metric="val_acc", value=0.9, fraction=None)
-    small = [linear_trial(b, model_steps(b)) for b in (8, 16, 32)]  # true B_crit 64 > 32
+    small = [linear_trial(b, model_steps(b)) for b in (4, 8, 16, 32)]  # true B_crit 64 > 32
     fit = critical_batch_size(small, target, n_boot=0)
     assert fit.b_crit == pytest.approx(64.0, rel=1e-6) and fit.extrapolated
     assert fit.caveat().startswith("B_crit is above the largest batch size fitted (32)")
     assert fit.to_dict()["extrapolated"] is True
-    large = [linear_trial(b, model_steps(b)) for b in (128, 256, 512)]
+    large = [linear_trial(b, model_steps(b)) for b in (128, 256, 512, 1024)]
     fit = critical_batch_size(large, target, n_boot=0)
     assert fit.extrapolated and "below the smallest batch size fitted (128)" in fit.caveat()
 
@@ -204,15 +206,37 @@ def test_no_fit_messages_say_what_is_missing() -> None:
     with pytest.raises(CriticalBatchError, match=r"one batch size \(64\).*add batch sizes"):
         critical_batch_size(one_size, target)
     # Perfect scaling (S = E_min / B, S_min = 0 minus a little): B_crit is above the range.
-    linear = [linear_trial(b, 6400.0 / b - 1.0) for b in (8, 16, 32)]
+    linear = [linear_trial(b, 6400.0 / b - 1.0) for b in (4, 8, 16, 32)]
     with pytest.raises(CriticalBatchError, match="fit did not converge") as err:
         critical_batch_size(linear, target)
     assert "B_crit is probably above 32: add larger batch sizes" in str(err.value)
     # Steps that grow with B: E_min < 0, B_crit below the smallest batch size.
-    growing = [linear_trial(b, 10.0 * b) for b in (8, 16, 32)]
+    growing = [linear_trial(b, 10.0 * b) for b in (8, 16, 32, 64)]
     with pytest.raises(CriticalBatchError, match="probably below 8") as err:
         critical_batch_size(growing, target)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("sizes", [(8, 64), (8, 64, 512)])
+def test_too_few_batch_sizes_give_no_number_only_the_points(sizes: tuple[int, ...]) -> None:
+    """Two points fit S_min + E_min / B exactly (R² = 1 whatever the data) and three leave one
+    degree of freedom: below MIN_BATCH_SIZES the answer is "not enough batch sizes"."""
+    target = Target(metric="val_acc", value=0.9, fraction=None)
+    noisy = {8: 1.3, 64: 0.8, 512: 1.2}  # far off the model: a fit would still look perfect
+    trials = [linear_trial(b, model_steps(b) * noisy[b], seed=s) for b in sizes for s in (0, 1)]
+    with pytest.raises(NotEnoughBatchSizes, match="not enough batch sizes") as err:
+        critical_batch_size(trials, target)
+    assert MIN_BATCH_SIZES == 4 and "at least 4" in str(err.value)
+    assert [p.batch_size for p in err.value.points] == list(sizes)
+    assert err.value.points[0].steps == pytest.approx(model_steps(8) * 1.3)
+    payload = err.value.to_dict()
+    assert payload["b_crit"] is None and payload["r2"] is None and payload["b_crit_ci95"] is None
+    assert payload["not_enough_batch_sizes"] is True
+    assert isinstance(err.value, CriticalBatchError)  # callers that catch the base still do
+    four = (*sizes, 4096) if len(sizes) == 3 else (*sizes, 512, 4096)
+    noisy[4096] = 1.0
+    more = [linear_trial(b, model_steps(b) * noisy[b]) for b in four]
+    assert critical_batch_size(more, target, n_boot=0).b_crit > 0  # four: a number again
 
 
 def test_target_parse() -> None:

@@ -129,11 +129,13 @@ def test_recommendation_best_lead_fastest_and_assumptions() -> None:
     assert rec.fastest is not None and rec.fastest.batch_size == 64
     assert rec.fastest.time_to_target_s == pytest.approx((2.0 / 0.80 + 2.0 / 0.82) / 2)
     assert [c.batch_size for c in rec.pareto] == [64, 8]
-    assert rec.critical is None and "fit did not converge" in rec.critical_reason
+    assert rec.critical is None and rec.critical_reason.startswith("not enough batch sizes: 2")
     assert "epochs = 3" in rec.assumptions[0]
     assert "'linear'" in rec.assumptions[1] and "32" in rec.assumptions[1]
     text = "\n".join(rec.lines())
     assert "B=8" in text and "larger than the seed spread" in text
+    assert "Critical batch size: not enough batch sizes" in text and "B_crit =" not in text
+    assert rec.to_dict()["critical"] is None
     payload = json.loads(json.dumps(rec.to_dict()))
     assert payload["best"]["batch_size"] == 8
 

@@ -143,3 +143,37 @@ def test_the_example_runs_and_logs_what_it_reports(tmp_path: Path) -> None:
     for (probe, key), rows in df.dropna().groupby(["probe", "key"]):  # NaN: not logged
         values = dict(zip(rows["step"], rows["value"], strict=True))
         assert csv[f"{probe}/{key}"] == pytest.approx(values, rel=1e-6)
+
+
+def test_noise_scale_without_data_is_the_two_batch_estimate_of_consecutive_batches(
+    tmp_path: Path,
+) -> None:
+    """Without `data=`, the noise scale logged at update 4 is the two-batch estimate from the
+    first four training batches (small: each batch, big: all four), computed here by hand."""
+    x, y = data()
+    torch.manual_seed(0)
+    module = Tiny()
+    model = copy.deepcopy(module).net
+    callback = BatchlabCallback(["noise_scale"], every=1)
+    loader = DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=False)
+    trainer(tmp_path, callback).fit(module, loader)
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    small, grads = [], []
+    for i in range(0, 4 * BATCH, BATCH):
+        opt.zero_grad()
+        F.cross_entropy(model(x[i : i + BATCH]), y[i : i + BATCH]).backward()  # type: ignore[no-untyped-call]
+        g = torch.cat(
+            [p.grad.detach().reshape(-1) for p in model.parameters() if p.grad is not None]
+        )
+        small.append(float(g.square().sum()))
+        grads.append(g.clone())
+        opt.step()
+    b, big = BATCH, 4 * BATCH
+    gs, gb = sum(small) / 4, float(torch.stack(grads).mean(dim=0).square().sum())
+    trace, g2 = (gs - gb) / (1 / b - 1 / big), (big * gb - b * gs) / (big - b)
+    got = {(r.step, r.key): r.value for r in callback.records}
+    assert got[(4, "trace_sigma/total")] == pytest.approx(trace, rel=1e-5)
+    assert got[(4, "g2/total")] == pytest.approx(g2, rel=1e-5)
+    assert math.isnan(got[(3, "g2/total")])  # no block complete before update 4
+    csv = logged(next(tmp_path.glob("csv/version_*/metrics.csv")))
+    assert csv["noise_scale/trace_sigma/total"][4] == pytest.approx(trace, rel=1e-5)

@@ -100,15 +100,58 @@ def test_monitor_does_not_change_training(toy_data: Data, make_mlp: ModelFactory
     )
 
 
-def test_noise_scale_without_data_draws_from_the_batch(
+def test_noise_scale_without_data_reports_on_schedule(
     toy_data: Data, make_mlp: ModelFactory
 ) -> None:
+    """Every due step gets the keys; NaN until the first block of 4 updates is complete."""
     model = make_mlp()
     monitor = Monitor(model, F.cross_entropy, probes=["noise_scale"], every=1)
-    _user_loop(model, toy_data, monitor, steps=3)
+    _user_loop(model, toy_data, monitor, steps=5)
     df = monitor.to_dataframe()
-    assert sorted(set(df["step"])) == [1, 2, 3]
+    assert sorted(set(df["step"])) == [1, 2, 3, 4, 5]
     assert {"total", "trace_sigma/total", "g2/total"} <= set(df["key"])
+    trace = df[df["key"] == "trace_sigma/total"].set_index("step")["value"]
+    assert trace.loc[[1, 2, 3]].isna().all() and trace.loc[[4, 5]].notna().all()
+
+
+def _half_mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (out.squeeze(-1) - target).square().mean()
+
+
+@pytest.mark.parametrize("drop_grads", [False, True])
+def test_noise_scale_without_data_estimates_the_datas_noise_scale(drop_grads: bool) -> None:
+    """Linear regression on a Gaussian stream at a fixed weight: x ~ N(0, I_d),
+    y = w*.x + sigma eps, f = 0.5 (w.x - y)^2, so with delta = w - w* the per-example gradient
+    is (delta.x - sigma eps) x, G = delta and (Isserlis) tr(Sigma) = (d + 1)|delta|^2 + d sigma^2.
+    Here B_simple = 64, eight times the loop's batch of 8; a probe drawing from the current
+    batch alone would measure about 64 / (1 + 64 / 8) = 7."""
+    d, b, sigma2 = 4, 8, 59 / 4  # B_simple = (d + 1) + d sigma^2 / |delta|^2 = 64
+    g = torch.Generator().manual_seed(0)
+    w_star = torch.randn(d, generator=g, dtype=torch.float64)
+    delta = torch.randn(d, generator=g, dtype=torch.float64)
+    delta /= delta.norm()
+    model = nn.Linear(d, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_((w_star + delta)[None])
+    monitor = Monitor(model, _half_mse, probes=["noise_scale"], every=4)
+    for _ in range(1600):  # 400 blocks of 4 batches
+        xb = torch.randn(b, d, generator=g, dtype=torch.float64)
+        yb = xb @ w_star + math.sqrt(sigma2) * torch.randn(b, generator=g, dtype=torch.float64)
+        model.zero_grad(set_to_none=True)
+        _half_mse(model(xb), yb).backward()  # type: ignore[no-untyped-call]
+        if drop_grads:
+            model.zero_grad(set_to_none=True)  # the monitor recomputes them
+        monitor.step((xb, yb))
+    df = monitor.to_dataframe()
+    v = df.pivot_table(index="step", columns="key", values="value").iloc[10:]
+    trace, g2 = v["trace_sigma/total"].mean(), v["g2/total"].mean()
+    assert trace == pytest.approx((d + 1) + d * sigma2, rel=0.1)  # 64
+    assert g2 == pytest.approx(1.0, rel=0.25)
+    assert trace / g2 == pytest.approx(64.0, rel=0.25)
+    ok = v["g2/total"] > 0  # the ratio of the averaged estimates, NaN while |G|^2 <= 0
+    ratio = (v["trace_sigma/total"] / v["g2/total"])[ok].to_numpy()
+    assert v["total"][ok].to_numpy() == pytest.approx(ratio, rel=1e-12)
+    assert v["total"][~ok].isna().all()
 
 
 def test_unknown_probe_name() -> None:

@@ -15,6 +15,10 @@ Rules (see docs/critical-batch-size.md):
 - That choice of lr is made on the target's split: the default target is on validation (on test
   only when the study kept no validation split); a target naming a test metric chooses on test,
   and `CriticalFit.selection` says so.
+- At least `MIN_BATCH_SIZES` (4) batch sizes must reach the target, else the answer is
+  "not enough batch sizes" (`NotEnoughBatchSizes`), never a number: the model has two
+  parameters, so two points fit exactly (R² = 1 whatever the data) and three leave one residual
+  degree of freedom, too few for R² or the bootstrap to tell the hyperbola from noise.
 - Confidence intervals: resample each cell's seeds with replacement, re-pick the best lr, refit;
   95% percentile interval, fixed RNG seed.
 """
@@ -41,6 +45,12 @@ METRICS: tuple[Metric, ...] = ("val_acc", "test_acc", "val_loss", "test_loss")
 
 class CriticalBatchError(BatchlabError, ValueError):
     """The critical batch size cannot be computed from these trials (one line, says why)."""
+
+
+MIN_BATCH_SIZES = 4
+"""Batch sizes that must reach the target before a fit is reported. S(B) = S_min + E_min / B
+has two parameters: 2 points fit exactly (R² = 1.000 by construction, a CI over decades), 3
+leave one residual degree of freedom; 4 leave two, the fewest that test the hyperbola's shape."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -292,6 +302,46 @@ class CriticalFit:
         }
 
 
+class NotEnoughBatchSizes(CriticalBatchError):
+    """Fewer than `MIN_BATCH_SIZES` batch sizes reach the target: no B_crit, only the points.
+
+    Carries what was measured (steps to target per batch size at its best lr), so a command can
+    still show the table; `to_dict()` is `CriticalFit.to_dict()`'s shape with the fit's numbers
+    set to None.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        target: Target,
+        threshold: float,
+        variant: str,
+        points: tuple[BatchPoint, ...],
+        unreached: tuple[int, ...],
+        selection: Selection,
+    ) -> None:
+        super().__init__(message)
+        self.target, self.threshold, self.variant = target, threshold, variant
+        self.points, self.unreached, self.selection = points, unreached, selection
+
+    def to_dict(self) -> dict[str, Any]:
+        none = ("s_min", "e_min", "b_crit", "r2", "s_min_ci95", "e_min_ci95", "b_crit_ci95")
+        return {
+            "target": self.target.describe(),
+            "metric": self.target.metric,
+            "threshold": self.threshold,
+            "variant": self.variant,
+            **dict.fromkeys(none),
+            "not_enough_batch_sizes": True,
+            "reason": str(self).removeprefix("critical batch size: "),
+            "min_batch_sizes": MIN_BATCH_SIZES,
+            "selection": self.selection.to_dict(),
+            "unreached_batch_sizes": list(self.unreached),
+            "points": [p.__dict__ for p in self.points],
+        }
+
+
 def fit_steps(batch_sizes: Sequence[float], steps: Sequence[float]) -> tuple[float, float, float]:
     """Least squares of S against 1 / B: returns (S_min, E_min, R²). No positivity check."""
     x = 1.0 / np.asarray(batch_sizes, dtype=float)
@@ -402,18 +452,30 @@ def critical_batch_size(
     if len(batch_sizes) < 2:
         raise CriticalBatchError(
             f"critical batch size: the study has one batch size ({batch_sizes[0]}); the fit needs"
-            " steps to target at 2 or more: add batch sizes"
+            f" steps to target at {MIN_BATCH_SIZES} or more: add batch sizes"
         )
     cells = _cells(chosen, reaches)
     points = _best_points(cells)
     unreached = tuple(b for b in batch_sizes if b not in {p.batch_size for p in points})
-    if len(points) < 2:
-        got = (
-            f"only batch size {points[0].batch_size} reaches" if points else "no batch size reaches"
+    selection = Selection.of_metric(target.metric, Selection.of(done))
+    if len(points) < MIN_BATCH_SIZES:
+        sizes = ", ".join(str(p.batch_size) for p in points)
+        got = f"{len(points)} ({sizes})" if points else "none"
+        more = (
+            "add batch sizes"
+            if len(batch_sizes) < MIN_BATCH_SIZES
+            else "add batch sizes, lower the target or train longer"
         )
-        raise CriticalBatchError(
-            f"critical batch size: {got} the {where} with every seed;"
-            " need at least 2 (lower the target or train longer)"
+        raise NotEnoughBatchSizes(
+            f"critical batch size: not enough batch sizes: {got} of {len(batch_sizes)} reach the"
+            f" {where} with every seed; S(B) = S_min + E_min/B has 2 parameters (2 points fit it"
+            f" exactly), so a fit needs at least {MIN_BATCH_SIZES}: {more}",
+            target=target,
+            threshold=threshold,
+            variant=variant,
+            points=tuple(points),
+            unreached=unreached,
+            selection=selection,
         )
     s_min, e_min, r2 = fit_steps([p.batch_size for p in points], [p.steps for p in points])
     if not (s_min > 0 and e_min > 0):
@@ -428,7 +490,7 @@ def critical_batch_size(
         s_min=s_min,
         e_min=e_min,
         r2=r2,
-        selection=Selection.of_metric(target.metric, Selection.of(done)),
+        selection=selection,
     )
     return _bootstrap(fit, cells, n_boot=n_boot, seed=seed)
 

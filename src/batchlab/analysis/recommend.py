@@ -237,9 +237,10 @@ class Recommendation:
                 )
             )
         if self.critical is None:
-            out.append(
-                ("critical", [f"Critical batch size: not available: {self.critical_reason}"])
-            )
+            why = self.critical_reason
+            if not why.startswith("not enough batch sizes"):  # that one says it all already
+                why = f"not available: {why}"
+            out.append(("critical", [f"Critical batch size: {why}"]))
         else:
             c = self.critical
             ci = (
@@ -404,6 +405,27 @@ def assumptions(
         f" batch size {spec.reference_batch_size}.",
         f"{chosen} the target and the best lr per batch size for B_crit use the target metric"
         f" ({metric}).",
+        *check_assumption(getattr(study, "check", None)),
+    )
+
+
+def check_assumption(verdict: object) -> tuple[str, ...]:
+    """The sentence on a stored `batchlab check` verdict (a study with gradient accumulation):
+    whether its accumulated batches are the batches they stand for; none when never checked."""
+    if not isinstance(verdict, dict) or "ok" not in verdict:
+        return ()
+    ks = ", ".join(str(k) for k in verdict.get("factors", []))
+    if verdict["ok"]:
+        return (
+            f"batchlab check: accumulating k = {ks} micro-batches gives the gradient of the whole"
+            f" batch ({verdict.get('verdict', 'equivalent')}, relative difference <="
+            f" {float(verdict.get('tolerance', 0.0)):.2g}) at every batch size.",
+        )
+    sizes = ", ".join(str(b.get("batch_size")) for b in verdict.get("not_equivalent", []))
+    why = "; ".join(str(f) for f in verdict.get("findings", [])) or "unexplained"
+    return (
+        f"batchlab check: accumulated batches are NOT equivalent to the whole batch at B ="
+        f" {sizes} ({why}); results at those batch sizes compare different batches.",
     )
 
 

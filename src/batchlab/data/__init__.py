@@ -18,8 +18,11 @@ import torch
 
 from batchlab import batch
 from batchlab.batch import Inputs
+from batchlab.data.fortunes import load_fortunes
 from batchlab.data.idx import read_idx
+from batchlab.data.raw import RawData
 from batchlab.data.rows import MappedRows, Rows, TensorRows, collate
+from batchlab.data.text import load_text
 from batchlab.errors import DataError
 from batchlab.plugins import resolve_callable
 from batchlab.tasks import Arrays, Task, resolve_task
@@ -42,25 +45,6 @@ IDX_FILES = {
     "x_test": "t10k-images-idx3-ubyte",
     "y_test": "t10k-labels-idx1-ubyte",
 }
-
-
-@dataclass(frozen=True, kw_only=True)
-class RawData:
-    """Train and test arrays as a loader returns them, dtypes as given (the task converts them:
-    float inputs and class indices for classification, token ids for a language model...)."""
-
-    x_train: Inputs
-    y_train: torch.Tensor
-    x_test: Inputs
-    y_test: torch.Tensor
-
-    def arrays(self) -> Arrays:
-        return (self.x_train, self.y_train, self.x_test, self.y_test)
-
-    @classmethod
-    def of(cls, arrays: Arrays) -> RawData:
-        x_train, y_train, x_test, y_test = arrays
-        return cls(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -425,20 +409,31 @@ BUILTIN: dict[str, Loader] = {
     "mnist1d": _mnist1d,
     "digits": _digits,
     "synthetic": _synthetic,
+    "fortunes": load_fortunes,
 }
+
+PathLoader = Callable[[Path, Mapping[str, Any]], RawData]
+
+PREFIXED: dict[str, PathLoader] = {
+    "npz": lambda path, args: load_npz(path),
+    "text": load_text,
+}
+"""Datasets read from a user's file, `prefix:PATH`; a new one is one module plus one line here."""
 
 
 def load_raw(
     name: str, args: Mapping[str, Any], data_dir: Path | None = None
 ) -> RawData | MappedRaw:
-    """Dispatch a dataset name: a built-in, `npz:PATH`, or `package.module:function`."""
+    """Dispatch a dataset name: a built-in, `npz:PATH` or `text:PATH`, or
+    `package.module:function`."""
     if name in BUILTIN:
         return BUILTIN[name](args, data_dir)
-    if name.startswith("npz:"):
-        return load_npz(Path(name[4:]).expanduser())
+    prefix, _, path = name.partition(":")
+    if prefix in PREFIXED:
+        return PREFIXED[prefix](Path(path).expanduser(), args)
     if ":" in name:
         return _user_dataset(name, args)
-    valid = ", ".join([*BUILTIN, "npz:PATH", "package.module:function"])
+    valid = ", ".join([*BUILTIN, *(f"{p}:PATH" for p in PREFIXED), "package.module:function"])
     raise DataError(f"dataset: unknown dataset {name!r}; use one of {valid}")
 
 
@@ -454,13 +449,31 @@ def _contiguous(x: Inputs) -> Inputs:
 
 
 def split_index(
-    n: int, *, val_fraction: float, data_seed: int, train_subset: int | None
+    n: int,
+    *,
+    val_fraction: float,
+    data_seed: int,
+    train_subset: int | None,
+    groups: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(train rows, val rows) of a training set of `n`: `val_fraction` held out with a fixed seed,
-    then the first `train_subset` of the rest kept."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(data_seed))
-    n_val = round(val_fraction * n)
-    val_idx, train_idx = perm[:n_val], perm[n_val:]
+    then the first `train_subset` of the rest kept. With `groups` (a block number per row), the
+    validation split is `val_fraction` of the blocks, whole, and the rows keep their order."""
+    gen = torch.Generator().manual_seed(data_seed)
+    if groups is None:
+        perm = torch.randperm(n, generator=gen)
+        n_val = round(val_fraction * n)
+        val_idx, train_idx = perm[:n_val], perm[n_val:]
+    else:
+        blocks = torch.unique(groups)
+        n_val = min(len(blocks) - 1, round(val_fraction * len(blocks)))  # keep a training block
+        held = blocks[torch.randperm(len(blocks), generator=gen)[:n_val]]
+        is_val = torch.isin(groups, held)
+        rows = torch.arange(n)
+        val_idx, train_idx = rows[is_val], rows[~is_val]
+        if train_subset is not None and train_subset <= len(train_idx):  # a seeded subset
+            keep = torch.randperm(len(train_idx), generator=gen)[:train_subset]
+            train_idx = train_idx[keep.sort().values]
     if train_subset is not None:
         if train_subset > len(train_idx):
             raise DataError(
@@ -487,8 +500,9 @@ def split(
         val_fraction=val_fraction,
         data_seed=data_seed,
         train_subset=train_subset,
+        groups=raw.groups,
     )
-    num_classes = task.output_size(raw.arrays())
+    num_classes = raw.num_classes or task.output_size(raw.arrays())
     return Dataset.from_tensors(
         name=name,
         x_train=_contiguous(batch.take(raw.x_train, train_idx)),
@@ -602,7 +616,7 @@ def load_dataset(
             workers=workers,
         )
     resolved = resolve_task(task, task_args, raw.arrays())
-    raw = RawData.of(resolved.prepare(raw.arrays(), where=name))
+    raw = raw.with_arrays(resolved.prepare(raw.arrays(), where=name))
     return split(
         raw,
         name=name,

@@ -20,12 +20,14 @@ from typing import Any, Literal, Protocol
 import torch
 import torch.multiprocessing  # registers torch's shared-memory pickling of tensors
 
+from batchlab.cpuload import usable_cores as usable_cores  # re-exported to the executors
 from batchlab.data import Dataset
 from batchlab.engine import (
     Checkpoint,
     Progress,
     train_trial,
 )
+from batchlab.errors import StoreError
 from batchlab.plan import planned_steps
 from batchlab.probes import ProbeRecord
 from batchlab.spec import TrialSpec
@@ -41,14 +43,6 @@ HEARTBEAT_S = LEASE_S / 4
 WAIT_POLL_S = 0.5
 
 # ---- what to run where ---------------------------------------------------------------------
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def packs(trial: TrialSpec) -> bool:
@@ -158,13 +152,15 @@ def run_job(job: Job, data: Dataset, device: torch.device, emit: Callable[[Event
             resume=Checkpoint.from_bytes(job.resume) if job.resume is not None else None,
             on_progress=lambda p: emit(Progressed(p)),
         )
-    except (ClaimLost, BrokenPipeError, EOFError):
-        raise  # the driver is gone or no longer owns the trial: nothing to record here
+    except (ClaimLost, StoreError, BrokenPipeError, EOFError):
+        # The driver is gone, no longer owns the trial, or cannot write the store (locked,
+        # full, damaged): nothing to record here; the trial stays resumable.
+        raise
     except Exception:  # any failure of one trial is recorded, and the study goes on
         emit(Finished(TrialState.FAILED, error=traceback.format_exc()))
         return
     weights = outcome.weights_bytes(save=job.save_weights)
-    emit(Finished(outcome.state, outcome.diverged_step, outcome.probes, weights))
+    emit(Finished(outcome.state, outcome.diverged_step, outcome.probes, weights, outcome.reason))
 
 
 # ---- backends: where jobs run ------------------------------------------------------------------

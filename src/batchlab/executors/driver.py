@@ -17,6 +17,7 @@ from batchlab.engine import (
     Checkpoint,
     EvalSink,
 )
+from batchlab.errors import StoreError
 from batchlab.executors.base import (
     HEARTBEAT_S,
     MAX_ATTEMPTS,
@@ -35,7 +36,7 @@ from batchlab.plan import planned_steps
 from batchlab.prepared import PreparedStudy, Reporter
 from batchlab.probes import ProbeRecord
 from batchlab.spec import TrialSpec
-from batchlab.store import ClaimLost, Store, process_owner
+from batchlab.store import ClaimLost, Store, WriteRetry, process_owner
 from batchlab.trial import EvalRecord, TrialState
 
 # ---- the driver --------------------------------------------------------------------------------
@@ -51,7 +52,11 @@ class _Heartbeat:
         self._thread = threading.Thread(target=self._run, daemon=True, name="batchlab-heartbeat")
 
     def _run(self) -> None:
-        with Store(self._path) as s:
+        try:
+            s = Store(self._path, retry=WriteRetry(attempts=1))  # a failed beat: the next one
+        except Exception:  # the driver's own writes report what is wrong with the store
+            return
+        with s:
             while not self._stop.wait(self._every):
                 with contextlib.suppress(Exception):  # a busy store: try again next beat
                     s.heartbeat(self._owner)
@@ -124,6 +129,8 @@ def _train_claimed_group(
             device=prepared.device,
             sinks=[sink_for(t.trial_id) for t in members],
         )
+    except StoreError:  # the store failed, not the group: its members stay resumable
+        raise
     except Exception:  # a failing group fails its members, and the study goes on
         for t in members:
             store.finish_trial(
@@ -135,6 +142,7 @@ def _train_claimed_group(
         store.finish_trial(
             t.trial_id,
             out.state,
+            error=out.reason,
             diverged_step=out.diverged_step,
             probes=out.probes,
             weights=out.weights_bytes(save=t.study.save_weights),

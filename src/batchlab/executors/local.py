@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import torch.multiprocessing  # registers torch's shared-memory pickling of tens
 from batchlab.data import Dataset
 from batchlab.engine import resolve_device
 from batchlab.errors import SpecError
+from batchlab.executors import tempdirs
 from batchlab.executors.base import (
     Event,
     Finished,
@@ -86,6 +88,9 @@ def _worker_main(conn: Connection, data: Dataset, device_name: str) -> None:
 
 def worker_entry() -> None:
     """Entry point of a pool worker process (`LocalPool` starts it with its end of a socket)."""
+    # Ctrl-C reaches the whole process group: the driver alone answers it (and stops this
+    # worker), so a worker prints no traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The driver's key lets this process fetch the dataset's shared-memory file descriptors.
     mp.current_process().authkey = bytes.fromhex(os.environ.pop(_KEY_ENV))
     conn = Connection(int(sys.argv[-1]))
@@ -115,6 +120,9 @@ class LocalPool:
     def __init__(
         self, data: Dataset, device_name: str, *, workers: int, budget: int | None
     ) -> None:
+        # The temp folders of drivers killed earlier go; this one's is marked as this process's.
+        tempdirs.remove_stale()
+        tempdirs.mark_own()
         if data.in_memory and data.x_train.device.type == "cpu":
             for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
                 getattr(data, name).share_memory_()
@@ -222,8 +230,9 @@ def check(spec: StudySpec) -> None:
 
 
 def place(prepared: PreparedStudy) -> Placement:
-    """In this process for `workers = 1` (or one core); else a pool of worker processes."""
-    cores, workers = usable_cores(), prepared.spec.workers
+    """In this process for `workers = 1` (or one core); else a pool of worker processes on
+    the cores the study may use (`prepared.cores`: under `threads = "auto"`, the free ones)."""
+    cores, workers = prepared.cores or usable_cores(), prepared.spec.workers
     if workers == 1 or (workers == "auto" and cores == 1):
         return Placement(
             backend=InProcess(prepared.data, prepared.device),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
+import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -27,6 +29,11 @@ from batchlab.executors.base import (
 )
 from batchlab.prepared import PreparedStudy
 from batchlab.spec import StudySpec
+
+RAY_CONNECT_TIMEOUT_S = 5.0
+"""How long `--address` may take to answer a TCP connection before the run is refused."""
+_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+"""Ray's switch for a loopback-only node (its default on macOS and Windows); 0 here too."""
 
 RAY_GPU_SHARE = 0.25
 """The GPU fraction a packed (small) trial asks Ray for; a large trial asks for a whole GPU."""
@@ -67,11 +74,19 @@ class RayPool:
     def __init__(self, data: Dataset, spec: StudySpec) -> None:
         ray = self._ray = _import_ray()
         self._started_here = not ray.is_initialized()
+        self._env_before = os.environ.get(_LOOPBACK_ENV)
         if self._started_here:
             if spec.ray_address is None:
-                ray.init(num_cpus=usable_cores(), include_dashboard=False, log_to_driver=False)
+                _init_local(ray)
             else:
-                ray.init(address=spec.ray_address, log_to_driver=False)
+                try:
+                    ray.init(address=spec.ray_address, log_to_driver=False)
+                except (ConnectionError, RuntimeError, ValueError) as err:
+                    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                    raise SpecError(
+                        f"ray_address: cannot join the Ray cluster at {spec.ray_address!r}"
+                        f" ({type(err).__name__}: {first}); check it, or drop --address"
+                    ) from None
         resources = ray.cluster_resources()
         self._cpus = max(1, int(resources.get("CPU", 1)))
         node_cpus = [
@@ -131,10 +146,50 @@ class RayPool:
             self.cancel(tid)
         if self._started_here:
             self._ray.shutdown()
+            if self._env_before is None:
+                os.environ.pop(_LOOPBACK_ENV, None)
+            else:
+                os.environ[_LOOPBACK_ENV] = self._env_before
+
+
+def _init_local(ray: Any) -> None:
+    """Start a Ray instance on this machine that listens on the loopback interface only.
+
+    Ray binds its servers (GCS, raylet, object manager, workers) to the node's IP, and on Linux
+    that is the machine's external address. Ray's own switch for a loopback node (what it does
+    on macOS and Windows) makes the node IP 127.0.0.1: set in the environment for the
+    processes Ray starts, and in this process, whose `ray` may be imported already."""
+    from ray._private import ray_constants
+
+    os.environ[_LOOPBACK_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    ray.init(num_cpus=usable_cores(), include_dashboard=False, log_to_driver=False)
 
 
 def check(spec: StudySpec) -> None:
     _import_ray()
+    if spec.ray_address is not None:
+        _reachable(spec.ray_address)
+
+
+def _reachable(address: str) -> None:
+    """Refuse, within RAY_CONNECT_TIMEOUT_S and before the store is touched, a cluster address
+    that does not accept a TCP connection (`auto` and `local` are Ray's to resolve)."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.removeprefix("ray://")
+    host, _, port_text = hostport.rpartition(":")
+    if not host or not port_text.isdigit():
+        host, port_text = hostport, "10001" if address.startswith("ray://") else "6379"
+    try:
+        with socket.create_connection((host, int(port_text)), timeout=RAY_CONNECT_TIMEOUT_S):
+            pass
+    except OSError as err:
+        raise SpecError(
+            f"ray_address: no Ray cluster answers at {address!r} ({err.strerror or err}, waited"
+            f" at most {RAY_CONNECT_TIMEOUT_S:g} s); start it (ray start --head) or drop"
+            " --address for a local one"
+        ) from None
 
 
 def place(prepared: PreparedStudy) -> Placement:

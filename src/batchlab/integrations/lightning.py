@@ -51,8 +51,11 @@ class BatchlabCallback(pl.Callback):
 
     `probes`: a preset ("cheap", "standard", "full") or probe names, as in a study spec.
     `data`: the pool data-hungry probes (noise scale, Hessian, ...) draw from, usually the
-    training tensors; without it they draw from the current batch. `every`: measure every k
-    updates (default: each probe's own schedule over the planned number of updates).
+    training tensors. Without it the noise scale is estimated from consecutive training
+    batches (see `Monitor`: the 4 updates before each due step form the big batch, each one a
+    small batch), and the other data-hungry probes draw from the current batch. `every`:
+    measure every k updates (default: each probe's own schedule over the planned number of
+    updates).
     `batch_fn` turns a training batch into `(inputs, targets)`.
 
     Values are logged as `{prefix}{probe}/{key}` (`batchlab/noise_scale/total`, the names of

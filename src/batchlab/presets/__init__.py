@@ -37,6 +37,8 @@ _CPU_TIME = {
     "batch-schedule": "~2 min",
     "ghost-bn": "~1 min",
     "sharpness": "~2 min",
+    "lm-quick": "~3 min",
+    "resnet-quick": "~5 min",
 }
 
 
@@ -50,6 +52,12 @@ def get(name: str) -> Preset:
         raise SpecError(f"--preset: unknown preset {name!r}; choose from {', '.join(names())}")
     text = resources.files(__package__).joinpath(f"{name}.toml").read_text(encoding="utf-8")
     return Preset(name=name, cpu_time=_CPU_TIME.get(name, "unknown"), data=tomllib.loads(text))
+
+
+def source(name: str) -> str:
+    """A preset's TOML file as written (comments, [small] and [full] tables included)."""
+    get(name)  # an unknown name is a one-line error
+    return resources.files(__package__).joinpath(f"{name}.toml").read_text(encoding="utf-8")
 
 
 def all_presets() -> list[Preset]:

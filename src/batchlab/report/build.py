@@ -17,6 +17,7 @@ import plotly.io as pio
 
 from batchlab._version import __version__
 from batchlab.analysis.selection import Selection
+from batchlab.fmt import lr_texts
 from batchlab.report._html import FindingItem, Section, page
 from batchlab.report._types import ReportError, StudyLike, task_of
 from batchlab.report.figure import Figure
@@ -156,7 +157,7 @@ def _meta_row(m: dict[str, Any]) -> list[str]:
         budget_text(budget["kind"], budget["value"]),
         scaling,
         ", ".join(str(b) for b in m["batch_sizes"]) or "none",
-        ", ".join(f"{lr:g}" for lr in m["lr_bases"]) or "none",
+        ", ".join(lr_texts(m["lr_bases"])) or "none",
         str(len(m["seeds"])),
         states or "no trials",
     ]

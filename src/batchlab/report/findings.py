@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from batchlab.analysis.recommend import seed_spread
 from batchlab.analysis.selection import Selection, has_validation
+from batchlab.fmt import lr_text
 from batchlab.report._types import StudyLike, task_of
 from batchlab.report.stats import Cell, Stat, cells
 from batchlab.tasks.base import TaskInfo
@@ -181,7 +182,7 @@ def _problems(study: StudyLike) -> list[Finding]:
             total = sum(1 for t in study.trials if t.lr_base == lr and t.batch_size == b)
             steps = sorted(t.diverged_step for t in ts if t.diverged_step is not None)
             at = f" at step {', '.join(str(s) for s in steps)}" if steps else ""
-            parts.append(f"b={b} lr_base={lr:g} ({len(ts)} of {total} seeds{at})")
+            parts.append(f"b={b} lr_base={lr_text(lr)} ({len(ts)} of {total} seeds{at})")
         out.append(
             Finding(
                 kind="diverged",
@@ -209,7 +210,7 @@ def _problems(study: StudyLike) -> list[Finding]:
             why = (t.error or "no error recorded").strip().splitlines()
             reason = why[-1] if why else "no error recorded"
             reason = reason if len(reason) <= 120 else reason[:117] + "..."
-            parts.append(f"b={t.batch_size} lr_base={t.lr_base:g} seed {t.seed}: {reason}")
+            parts.append(f"b={t.batch_size} lr_base={lr_text(t.lr_base)} seed {t.seed}: {reason}")
         out.append(
             Finding(
                 kind="failed",
@@ -310,7 +311,7 @@ def _edges(study: StudyLike, best: Cell, neighbours: Sequence[Finding]) -> list[
                 kind="edge_lr",
                 level="warning",
                 text=(
-                    f"The best lr_base ({best.key.lr_base:g}) is the"
+                    f"The best lr_base ({lr_text(best.key.lr_base)}) is the"
                     f" {'smallest' if low else 'largest'} tried: widen the learning-rate range"
                     f" {'down' if low else 'up'}ward."
                 ),
@@ -348,10 +349,11 @@ def _fastest(
     else:
         behind = best.test_acc.mean - fast.test_acc.mean  # both reported on test
         text = (
-            f"Fastest: batch size {fast.batch_size} (lr_base={fast.key.lr_base:g}) trained in"
-            f" {fast.train_time_s.mean:.3g} s against {best.train_time_s.mean:.3g} s for the best"
-            f" batch size {best.batch_size} ({best.train_time_s.mean / fast.train_time_s.mean:.1f}×"
-            f" longer), reaching test {_score(fast.test_acc.mean, task)}, "
+            f"Fastest: batch size {fast.batch_size} (lr_base={lr_text(fast.key.lr_base)})"
+            f" trained in {fast.train_time_s.mean:.3g} s against"
+            f" {best.train_time_s.mean:.3g} s for the best batch size {best.batch_size}"
+            f" ({best.train_time_s.mean / fast.train_time_s.mean:.1f}× longer),"
+            f" reaching test {_score(fast.test_acc.mean, task)}, "
             f"{_diff(abs(behind), task)} {'below' if behind >= 0 else 'above'} the best."
         )
     return Finding(kind="fastest", level="info", text=text, data=_cell_data(fast, task))
@@ -412,7 +414,7 @@ def study_findings(study: StudyLike) -> list[Finding]:
     sel = Selection.of(study.trials)
     best = max(scored, key=lambda c: (_rank(c, sel), -c.batch_size))
     multi_lr = len({c.key.lr_base for c in scored}) > 1
-    where = f" at lr_base={best.key.lr_base:g}" if multi_lr else ""
+    where = f" at lr_base={lr_text(best.key.lr_base)}" if multi_lr else ""
     out.append(
         Finding(
             kind="best",
@@ -436,7 +438,7 @@ def study_findings(study: StudyLike) -> list[Finding]:
                     kind="best_per_lr",
                     level="info",
                     text=(
-                        f"At lr_base={lr:g} the best batch size is {top.batch_size}:"
+                        f"At lr_base={lr_text(lr)} the best batch size is {top.batch_size}:"
                         f" {_acc(top, task)}."
                     ),
                     data=_cell_data(top, task),
@@ -476,7 +478,7 @@ def comparison_findings(studies: Sequence[StudyLike]) -> list[Finding]:
         verdict = f"within the seed spread ({_diff(spread, task)}): treat them as tied"
     text = (
         f"Best overall on {sel.name(task)}: {top.key.study!r} at batch size {top.batch_size}"
-        f" (lr_base={top.key.lr_base:g}), test {_acc(top, task)}; ahead of"
+        f" (lr_base={lr_text(top.key.lr_base)}), test {_acc(top, task)}; ahead of"
         f" {second.key.study!r} (batch size {second.batch_size}, {_score(z.mean, task)})"
         f" by {_diff(diff, task)}, {verdict}."
     )

@@ -19,6 +19,7 @@ from batchlab.analysis.critical import default_target
 from batchlab.analysis.recommend import Recommendation, recommend
 from batchlab.analysis.selection import Selection
 from batchlab.errors import BatchlabError
+from batchlab.fmt import lr_text
 from batchlab.report._types import ProbeSource, StudyLike
 from batchlab.tasks.base import TaskInfo
 
@@ -111,8 +112,8 @@ def recommendation_view(sr: StudyRecommendation, *, heading: str) -> Recommendat
     rows = tuple(
         (
             str(c.batch_size) + (" (best)" if c == rec.best else ""),
-            f"{c.lr:.4g}",
-            f"{c.lr_base:g}",
+            lr_text(c.lr),
+            lr_text(c.lr_base),
             str(c.seeds),
             f"{c.train_time_s:.3g}",
             *([task.format_score_mean_std(c.val_acc, c.val_acc_std)] if on_val else []),

@@ -12,6 +12,7 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from batchlab.fmt import lr_text
 from batchlab.report._types import StudyLike
 from batchlab.trial import FrozenTrial, TrialState
 
@@ -26,7 +27,7 @@ class SeriesKey:
     lr_base: float
 
     def label(self, *, multi_study: bool) -> str:
-        lr = f"lr_base={self.lr_base:g}"
+        lr = f"lr_base={lr_text(self.lr_base)}"
         return f"{self.study} · {lr}" if multi_study else lr
 
 

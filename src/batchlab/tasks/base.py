@@ -20,15 +20,18 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-
-from batchlab import batch
-from batchlab.batch import Inputs
 from batchlab.errors import DataError
 
-Arrays = tuple[Inputs, torch.Tensor, Inputs, torch.Tensor]
+if TYPE_CHECKING:  # torch is imported by the methods' callers; `TaskInfo` must not need it
+    import torch
+
+    from batchlab.batch import Inputs
+
+    Arrays = tuple[Inputs, torch.Tensor, Inputs, torch.Tensor]
+else:
+    Arrays = tuple
 """(x_train, y_train, x_test, y_test) as a loader returns them; inputs may be dicts of tensors."""
 
 
@@ -68,6 +71,8 @@ class Task(ABC):
     def forward(self, model: torch.nn.Module, x: Inputs) -> torch.Tensor:
         """The model's output for a batch: `model(x)`, or `model(**x)` for a dict batch (a
         Hugging Face style output gives its `logits`)."""
+        from batchlab import batch
+
         return batch.call(model, x)
 
     @abstractmethod
@@ -265,6 +270,8 @@ class TaskInfo:
 
 def check_rows(arrays: Arrays, *, where: str) -> None:
     """Each split has as many targets as inputs, and none is empty."""
+    from batchlab import batch
+
     x_train, y_train, x_test, y_test = arrays
     for split, xs, ys in (("train", x_train, y_train), ("test", x_test, y_test)):
         try:

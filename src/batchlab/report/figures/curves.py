@@ -20,6 +20,7 @@ from matplotlib.lines import Line2D
 from plotly.subplots import make_subplots
 
 from batchlab.analysis.selection import Selection
+from batchlab.fmt import lr_text
 from batchlab.report._types import StudyLike, task_of
 from batchlab.report.figure import Figure
 from batchlab.report.figures._style import (
@@ -163,7 +164,7 @@ def _titles(data: CurvesData) -> list[str]:
 def _curve_label(c: Curve, palette: Palette, data: CurvesData) -> str:
     label = f"b={c.batch_size}"
     if data.best_lr_note:
-        label += f" (lr_base={c.lr_base:g}{', chosen on test' if c.chosen_on_test else ''})"
+        label += f" (lr_base={lr_text(c.lr_base)}{', chosen on test' if c.chosen_on_test else ''})"
     return f"{c.study} · {label}" if palette.multi_study else label
 
 

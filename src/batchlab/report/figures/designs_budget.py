@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from batchlab.fmt import lr_text
 from batchlab.report._types import StudyLike, task_of
 from batchlab.report.figure import Figure
 from batchlab.report.figures._lines import (
@@ -91,7 +92,7 @@ def extract_budget(studies: Sequence[StudyLike]) -> LinesData | None:
                 ctl = {b0: eq[b0], **{b: ts for b, ts in ctl.items() if b > b0}}
             head = key.label(multi_study=multi)
             if several_lr:
-                head = f"{head} · lr_base={lr:g}" if head else f"lr_base={lr:g}"
+                head = f"{head} · lr_base={lr_text(lr)}" if head else f"lr_base={lr_text(lr)}"
             prefix = f"{head} · " if head else ""
             color = len(acc_lines) // 2
             for dash, (name, groups) in enumerate(((equal, eq), ("equal updates (control)", ctl))):

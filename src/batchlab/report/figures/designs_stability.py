@@ -22,6 +22,7 @@ from matplotlib.patches import Rectangle
 from plotly.subplots import make_subplots
 
 from batchlab.analysis import grid
+from batchlab.fmt import lr_text, lr_texts
 from batchlab.report._types import StudyLike, task_of
 from batchlab.report.figure import Figure
 from batchlab.report.figures._lines import legend_columns
@@ -143,7 +144,7 @@ def render_stability_plotly(data: StabilityData, palette: Palette) -> Any:
     for i, g in enumerate(data.grids):
         row, col = i // cols + 1, i % cols + 1
         xs = [str(b) for b in g.batch_sizes]
-        ys = [f"{lr:g}" for lr in g.lr_bases]
+        ys = lr_texts(g.lr_bases)
         fig.add_heatmap(
             x=xs,
             y=ys,
@@ -193,7 +194,8 @@ def render_stability_plotly(data: StabilityData, palette: Palette) -> Any:
                     col=col,
                 )
                 shown.add(status)
-        best = [(xs[j], f"{lr:g}") for j, lr in enumerate(g.best_lr) if lr is not None]
+        label = dict(zip(g.lr_bases, ys, strict=True))
+        best = [(xs[j], label.get(lr, lr_text(lr))) for j, lr in enumerate(g.best_lr) if lr]
         if best:
             fig.add_trace(
                 go.Scatter(
@@ -286,7 +288,7 @@ def render_stability_matplotlib(data: StabilityData, palette: Palette) -> MplFig
                 k = g.lr_bases.index(best)
                 ax.plot(j + 0.3, k + 0.22, marker="*", ms=12, color="#ffd400", mec="#1a1a1a")
         ax.set_xticks(range(len(g.batch_sizes)), [str(b) for b in g.batch_sizes])
-        ax.set_yticks(range(len(g.lr_bases)), [f"{lr:g}" for lr in g.lr_bases])
+        ax.set_yticks(range(len(g.lr_bases)), lr_texts(g.lr_bases))
         ax.set_xlabel("batch size")
         ax.set_ylabel("lr_base")
         ax.set_title(mpl_text(g.title(multi_study=data.multi_study)))

@@ -52,6 +52,7 @@ class HardwareData:
     max_batch: int
     margin: float
     trained: tuple[int, ...]  # batch sizes the study trained at
+    capped_at_train: bool = False  # the whole training set fits: memory is not the limit
 
     def summary(self) -> str:
         knee = (
@@ -60,6 +61,8 @@ class HardwareData:
             else f"throughput still rising at B={self.knee}"
         )
         fits = f"largest batch that fits ({self.margin:.0%} margin): {self.max_batch:,}"
+        if self.capped_at_train:
+            fits += " = the whole training set"
         return f"{self.device}, {self.threads} thread(s), {self.measured}: {knee}; {fits}"
 
 
@@ -88,6 +91,7 @@ def extract_hardware(studies: Sequence[StudyLike]) -> HardwareData | None:
             max_batch=int(prof["max_batch_size"]),
             margin=float(prof["margin"]),
             trained=tuple(sorted({t.batch_size for t in study.trials})),
+            capped_at_train=bool(prof.get("capped_at_train", False)),
         )
     return None
 

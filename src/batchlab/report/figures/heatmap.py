@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 from matplotlib.figure import Figure as MplFigure
 from plotly.subplots import make_subplots
 
+from batchlab.fmt import lr_texts
 from batchlab.report._types import StudyLike, task_of
 from batchlab.report.figure import Figure
 from batchlab.report.figures._style import plotly_layout
@@ -82,7 +83,7 @@ def render_heatmap_plotly(data: HeatmapData, palette: Palette) -> Any:
     score = f"test {task.score_short} %{{z:{task.score_format}}}{unit}"
     for col, g in enumerate(data.grids, start=1):
         xs = [str(b) for b in g.batch_sizes]
-        ys = [f"{lr:g}" for lr in g.lr_bases]
+        ys = lr_texts(g.lr_bases)
         z = [[v if math.isfinite(v) else None for v in row] for row in g.acc]
         cell = task.score_cell_format
         text = [[format(v, cell) if math.isfinite(v) else "" for v in row] for row in g.acc]
@@ -104,11 +105,11 @@ def render_heatmap_plotly(data: HeatmapData, palette: Palette) -> Any:
             col=col,
         )
         cells_x, cells_y, hover = [], [], []
-        for i, lr in enumerate(g.lr_bases):
+        for i, label in enumerate(ys):
             for j, b in enumerate(g.batch_sizes):
                 if g.diverged[i][j]:
                     cells_x.append(str(b))
-                    cells_y.append(f"{lr:g}")
+                    cells_y.append(label)
                     hover.append(f"{g.diverged[i][j]} of {g.trials[i][j]} diverged")
         if cells_x:
             fig.add_trace(
@@ -156,7 +157,7 @@ def render_heatmap_matplotlib(data: HeatmapData, palette: Palette) -> MplFigure:
                 if g.diverged[i][j]:
                     ax.plot(j, i, marker="x", ms=16, mew=2.5, color=DIVERGED_COLOR)
         ax.set_xticks(range(len(g.batch_sizes)), [str(b) for b in g.batch_sizes])
-        ax.set_yticks(range(len(g.lr_bases)), [f"{lr:g}" for lr in g.lr_bases])
+        ax.set_yticks(range(len(g.lr_bases)), lr_texts(g.lr_bases))
         ax.set_xlabel("batch size")
         ax.set_ylabel("lr_base")
         if n > 1:
