@@ -44,3 +44,13 @@ def test_a_module_in_the_current_directory_needs_no_pythonpath(tmp_path: Path) -
         timeout=300,
     )
     assert "1 complete" in show.stdout, show.stdout + show.stderr
+
+
+def test_file_datasets_are_not_code_and_match_the_data_loaders() -> None:
+    from batchlab.data import PREFIXED
+    from batchlab.plugins import FILE_DATASETS, is_hook
+
+    assert set(PREFIXED) == FILE_DATASETS
+    assert not is_hook("text:/tmp/corpus.txt", field="dataset")
+    assert not is_hook("npz:/tmp/d.npz", field="dataset")
+    assert is_hook("mymod:load", field="dataset")

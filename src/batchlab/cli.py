@@ -223,6 +223,7 @@ def run(
     _print_table(study, console_out)
     _print_bands(study, console_out)
     _print_pruned(study, console_out)
+    _print_failures(study)
     counts = _state_counts(study)
     click.echo(f"study '{study.name}': {counts}; results in {store.resolve()}")
     click.echo(
@@ -519,6 +520,21 @@ def _print_pruned(study: Study, console: Console) -> None:
     console.print(table)
 
 
+def _print_failures(study: Study) -> None:
+    """One line per FAILED trial: which, and the exception that ended it (its type and message,
+    the last line of the stored traceback), so a failure is seen without export or report."""
+    for t in study.trials:
+        if t.state != TrialState.FAILED:
+            continue
+        lines = [line.strip() for line in (t.error or "").splitlines() if line.strip()]
+        variant = f" {t.params['variant']}" if t.params.get("variant") else ""
+        control = " (control)" if t.params.get("control") else ""
+        click.echo(
+            f"failed: B={t.batch_size}{control} lr={lr_text(t.lr)} seed={t.seed}{variant}"
+            f" ({t.trial_id}): {lines[-1] if lines else 'no error recorded'}"
+        )
+
+
 @cli.command()
 @click.argument("name")
 @STORE_OPTION
@@ -536,6 +552,7 @@ def show(name: str, store: Path) -> None:
     _print_table(study, console)
     _print_bands(study, console)
     _print_pruned(study, console)
+    _print_failures(study)
 
 
 @cli.command()

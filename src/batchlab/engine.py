@@ -23,9 +23,10 @@ import torch
 from torch import nn
 
 from batchlab.batch import Inputs
+from batchlab.batch import to as inputs_to
 from batchlab.data import Dataset
 from batchlab.data.rows import Rows
-from batchlab.models import build_model
+from batchlab.models import build_model, materialize_lazy
 from batchlab.plan import Evaluation, TrialPlan
 from batchlab.probes import ProbeContext, ProbeRecord, ProbeSuite, probe_generator
 from batchlab.spec import StudySpec, TrialSpec
@@ -124,14 +125,22 @@ the previous evaluation; a store writes all three in one transaction."""
 
 
 def build_model_for(spec: StudySpec, data: Dataset, *, seed: int) -> nn.Module:
-    """The study's model for its data (input shape, outputs), weights drawn from `seed`."""
-    return build_model(
+    """The study's model for its data (input shape, outputs), weights drawn from `seed`; lazy
+    modules are materialised on two training examples (`models.materialize_lazy`)."""
+    model = build_model(
         spec.model,
         spec.model_args,
         input_shape=data.input_shape,
         num_classes=data.num_classes,
         seed=seed,
     )
+
+    def example(m: nn.Module) -> None:  # the model is built on the CPU, the data may be elsewhere
+        x, _ = data.train.head(min(2, data.n_train))
+        data.task.forward(m, inputs_to(x, torch.device("cpu")))
+
+    materialize_lazy(model, example, seed=seed)
+    return model
 
 
 def make_optimizer(spec: StudySpec, params: Any, lr: float) -> torch.optim.Optimizer:

@@ -7,6 +7,7 @@ that none of them imports another to name a type.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import socket
@@ -22,7 +23,7 @@ from batchlab import batch
 from batchlab._version import __version__
 from batchlab.data import Dataset, load_dataset
 from batchlab.engine import Progress, build_model_for, resolve_device
-from batchlab.errors import DataError, SpecError
+from batchlab.errors import BatchlabError, DataError, SpecError
 from batchlab.plan import TrialPlan
 from batchlab.spec import StudySpec, TrialSpec
 from batchlab.trial import TrialState
@@ -115,23 +116,53 @@ def prepare(spec: StudySpec, *, data_dir: Path | None = None) -> PreparedStudy:
 
 
 def preflight(spec: StudySpec, data: Dataset, device: torch.device) -> None:
-    """Build the model and push two training examples through it and the task's loss, on the
-    study's device, before any trial starts: a model whose outputs do not fit the task (logits
-    [B, V] for a language model, the wrong number of classes...) or that fails on the data is a
-    one-line error naming it, not a FAILED trial per grid cell. The RNG state is left as is."""
-    model = build_model_for(spec, data, seed=0).to(device)
-    x, y = data.train.head(min(2, data.n_train))
-    x, y = batch.to(x, device), y.to(device)
+    """Build the model, push two training examples through it, the task's loss and backward,
+    and two test examples through it and the loss, on the study's device, before any trial
+    starts: a model whose outputs do not fit the task (logits [B, V] for a language model,
+    another number of classes...), whose first loss is NaN, that cannot be trained, or that
+    fails on the data is a one-line error naming it, not a FAILED (or silently wrong) trial per
+    grid cell. The RNG state is left as is."""
+    try:
+        model = build_model_for(spec, data, seed=0).to(device)
+    except BatchlabError:
+        raise
+    except Exception as err:  # a built-in model given options it cannot build with
+        raise SpecError(
+            f"model: building {spec.model} raised {type(err).__name__}: {err}; check model_args"
+        ) from None
+    task = data.task
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        try:
-            data.task.mean_loss(data.task.forward(model, x), y)
-        except DataError as err:  # the task's own shape checks name the field already
-            raise SpecError(str(err)) from None
-        except Exception as err:
-            raise SpecError(
-                f"model: {spec.model} fails on a batch of {spec.dataset} "
-                f"({type(err).__name__}: {err}); check its input and output shapes"
-            ) from None
+        for split, rows in (("train", data.train), ("test", data.test)):
+            x, y = rows.head(min(2, len(rows)))
+            x, y = batch.to(x, device), y.to(device)
+            try:
+                with torch.set_grad_enabled(split == "train"):
+                    out = task.forward(model, x)
+                    task.check_output(out, y, size=data.num_classes)
+                    loss = task.mean_loss(out, y)
+            except DataError as err:  # the task's own shape checks name the field already
+                raise SpecError(str(err)) from None
+            except Exception as err:
+                of = f"{spec.dataset}" if split == "train" else f"{spec.dataset}'s test set"
+                raise SpecError(
+                    f"model: {spec.model} fails on a batch of {of} "
+                    f"({type(err).__name__}: {err}); check its input and output shapes"
+                ) from None
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise SpecError(
+                    f"model: the loss of a first batch is {value} ({spec.model} on the"
+                    f" {split} set of {spec.dataset}); check the model's forward, e.g. for a"
+                    " log or a division of zero"
+                )
+            if split == "train":
+                try:
+                    loss.backward()  # type: ignore[no-untyped-call]
+                except Exception as err:
+                    raise SpecError(
+                        f"model: backward through {spec.model} raised {type(err).__name__}:"
+                        f" {err}; check that it has parameters that require grad"
+                    ) from None
 
 
 DEVICE_DATA_SHARE = 0.5

@@ -235,6 +235,13 @@ def parse_batch_sizes(value: object) -> tuple[int, ...]:
     return tuple(sorted(set(out)))
 
 
+def _check_seed(v: object) -> object:
+    """A seed must fit 64 signed bits: torch's generators take no more, nor does SQLite."""
+    if isinstance(v, int) and not isinstance(v, bool) and not -(2**63) <= v < 2**63:
+        raise ValueError(f"{v} is out of range; use an integer from 0 to 2**63 - 1")
+    return v
+
+
 class StudySpec(_Frozen):
     """Everything that defines a study. Defaults are visible here, in one place."""
 
@@ -420,7 +427,14 @@ class StudySpec(_Frozen):
                 f"{len(v):,} seeds: a study holds at most {MAX_TRIALS:,} trials;"
                 " use fewer seeds (a few are enough for a mean and its spread)"
             )
+        for seed in v if isinstance(v, list | tuple) else ():
+            _check_seed(seed)
         return v
+
+    @field_validator("data_seed", mode="before")
+    @classmethod
+    def _data_seed(cls, v: object) -> object:
+        return _check_seed(v)
 
     @field_validator("device")
     @classmethod

@@ -488,6 +488,28 @@ class Store:
         ).fetchone()
         return None if row is None else dict(json.loads(row[0]))
 
+    def put_code(self, name: str, fingerprints: dict[str, str]) -> None:
+        """Keep the fingerprints of the user's code behind study `name` (hook -> sha256, small
+        JSON in `meta`, key code:NAME); {} removes them (a study of built-ins only)."""
+        blob = json.dumps(fingerprints, sort_keys=True)
+
+        def body(db: sqlite3.Connection) -> None:
+            if not fingerprints:
+                db.execute("DELETE FROM meta WHERE key = ?", (f"code:{name}",))
+                return
+            db.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (f"code:{name}", blob)
+            )
+
+        self._write(body)
+
+    @_reads
+    def study_code(self, name: str) -> dict[str, str] | None:
+        """The stored fingerprints of study `name`'s code (hook -> sha256), or None (none
+        stored: built-ins only, or a study run before fingerprints were kept)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (f"code:{name}",)).fetchone()
+        return None if row is None else {str(k): str(v) for k, v in json.loads(row[0]).items()}
+
     def delete_study_trials(self, name: str) -> int:
         """Delete every trial of study `name` with its evaluations, probe records, weights and
         checkpoints (`run --force`); other studies are untouched. The number deleted."""

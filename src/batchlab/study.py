@@ -25,7 +25,7 @@ from batchlab.data import tensor_rows
 from batchlab.engine import Checkpoint, Outcome, build_model_for, train_trial
 from batchlab.errors import SpecError, StoreError
 from batchlab.executors import check_executor, run_trials
-from batchlab.plugins import only_hooks
+from batchlab.plugins import callable_ref, code_fingerprint, only_hooks
 from batchlab.prepared import (
     NullReporter,
     PreparedStudy,
@@ -135,9 +135,10 @@ def run_study(
 ) -> Study:
     """Run (or resume) a study and return it as stored.
 
-    `spec` is a StudySpec, a path to a TOML file, or a dict of spec fields; `scale` picks a
-    file's `[small]` or `[full]` table. `trackers` (batchlab.trackers) get each trial that this
-    process runs, read back from the store when it finishes.
+    `spec` is a StudySpec, a path to a TOML file, or a dict of spec fields (where `model`,
+    `dataset` and `task` may also be top-level functions of an importable module, stored by
+    name); `scale` picks a file's `[small]` or `[full]` table. `trackers` (batchlab.trackers)
+    get each trial that this process runs, read back from the store when it finishes.
 
     A study is one spec: a rerun with the same spec (execution fields aside, grid axes
     possibly extended) resumes it; another spec under a stored name is refused, unless
@@ -149,7 +150,7 @@ def run_study(
     if isinstance(spec, str | Path):
         spec = load_spec(Path(spec), overrides=list(overrides), scale=scale)
     elif isinstance(spec, dict):
-        spec = load_spec(base=spec, overrides=list(overrides), scale=scale)
+        spec = load_spec(base=hooks_by_name(spec), overrides=list(overrides), scale=scale)
     elif overrides:
         spec = load_spec(base=spec.to_toml_dict(), overrides=list(overrides))
     reporter = reporter or NullReporter()
@@ -174,11 +175,13 @@ def run_study(
         prepared = replace(prepared, cores=plan.cores)
         trials = spec.trials(n_train=prepared.data.n_train)
         verdict = accumulation_check(prepared)
+        code = code_fingerprints(spec)
         with Store(store) as s:
-            _same_study_or_forced(s, spec, force=force, say=say)
+            _same_study_or_forced(s, spec, force=force, say=say, code=code)
             for note in notes:  # once nothing can refuse the study any more
                 say(f"batchlab: {note}")
             s.put_study(spec.name, spec.to_toml_dict())
+            s.put_code(spec.name, code)
             if verdict is not None or s.study_check(spec.name) is not None:
                 s.put_check(spec.name, verdict)  # a rerun without accumulation drops a stale one
             s.add_trials(
@@ -216,6 +219,28 @@ def run_study(
     return load_study(spec.name, store, trust_hooks=True)  # the caller's own spec
 
 
+HOOK_FIELDS = ("model", "dataset", "task")
+"""Spec fields that may name code; the Python API also takes them as functions."""
+
+
+def hooks_by_name(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with each hook given as a Python function or class (a model factory, a dataset
+    loader, a task: also a variant's model) replaced by its `package.module:function` name, so
+    the spec can store and hash it (`plugins.callable_ref`: a lambda or closure is refused)."""
+
+    def named(d: dict[str, Any]) -> dict[str, Any]:
+        return {
+            k: callable_ref(v, field=k) if k in HOOK_FIELDS and callable(v) else v
+            for k, v in d.items()
+        }
+
+    out = named(data)
+    variants = out.get("variants")
+    if isinstance(variants, list | tuple):
+        out["variants"] = [named(v) if isinstance(v, dict) else v for v in variants]
+    return out
+
+
 def accumulation_check_result(prepared: PreparedStudy) -> CheckResult | None:
     """`batchlab check` of a study with gradient accumulation (`accumulate` > 1 in a variant),
     part of its preflight; None without accumulation."""
@@ -233,11 +258,37 @@ def accumulation_check(prepared: PreparedStudy) -> dict[str, Any] | None:
     return None if result is None else result.summary()
 
 
+def code_fingerprints(spec: StudySpec) -> dict[str, str]:
+    """Hook -> sha256 of the module defining it, for every `package.module:function` the spec
+    names (`plugins.code_fingerprint`); built-ins and hf: models have none (batchlab's own
+    version is in each trial's provenance). Stored with the study, not in its trial ids, so a
+    rerun can refuse results of code that changed without changing any id."""
+    out = {}
+    for ref in sorted(spec.hooks()):
+        if ref.startswith("hf:"):  # a Hugging Face model type or folder, not the user's code
+            continue
+        digest = code_fingerprint(ref, field=_hook_field(spec, ref))
+        if digest is not None:
+            out[ref] = digest
+    return out
+
+
+def _hook_field(spec: StudySpec, ref: str) -> str:
+    """The spec field that names hook `ref` (a variant's model when none of the base's)."""
+    return next((f for f in ("model", "dataset", "task") if getattr(spec, f) == ref), "model")
+
+
 def _same_study_or_forced(
-    s: Store, spec: StudySpec, *, force: bool, say: Callable[[str], None]
+    s: Store,
+    spec: StudySpec,
+    *,
+    force: bool,
+    say: Callable[[str], None],
+    code: dict[str, str] | None = None,
 ) -> None:
     """Refuse, before anything is written, a spec that differs from the one stored under its
-    name (a study is one spec); with `force`, delete that study's trials instead."""
+    name (a study is one spec), or whose user code (`code`: hook -> fingerprint) changed since
+    it ran; with `force`, delete that study's trials instead."""
     stored = s.stored_spec(spec.name)
     if stored is None:
         return
@@ -257,6 +308,17 @@ def _same_study_or_forced(
             f"study {spec.name!r} in {s.path} was run with another spec ({'; '.join(changes)});"
             " a study is one spec: rerun under a new name (--name NEW), replace its trials"
             " (--force), or use another store (--store NEW.db)"
+        )
+    stored_code = s.study_code(spec.name) or {}
+    changed = [
+        ref for ref, digest in (code or {}).items() if stored_code.get(ref, digest) != digest
+    ]
+    if changed:
+        ref = changed[0]
+        raise SpecError(
+            f"{_hook_field(spec, ref)}: the code of {ref} changed since study {spec.name!r} in"
+            f" {s.path} ran, so its stored results are of the old code: rerun under a new name"
+            " (--name NEW), replace its trials (--force), or use another store (--store NEW.db)"
         )
 
 

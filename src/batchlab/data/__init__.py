@@ -24,7 +24,7 @@ from batchlab.data.raw import RawData
 from batchlab.data.rows import MappedRows, Rows, TensorRows, collate
 from batchlab.data.text import load_text
 from batchlab.errors import DataError
-from batchlab.plugins import resolve_callable
+from batchlab.plugins import call_hook, resolve_callable
 from batchlab.tasks import Arrays, Task, resolve_task
 from batchlab.tasks.classification import Classification
 
@@ -171,19 +171,31 @@ Loader = Callable[[Mapping[str, Any], Path | None], RawData]
 def _as_raw(x_train: Any, y_train: Any, x_test: Any, y_test: Any, *, where: str) -> RawData:
     """Arrays (or tensors) as tensors, dtypes kept: the task checks and converts them."""
 
-    def t(a: Any) -> torch.Tensor:
+    def t(a: Any, name: str) -> torch.Tensor:
         if isinstance(a, torch.Tensor):
             return a.detach().cpu()
         try:
-            return torch.as_tensor(np.asarray(a))
+            arr = np.asarray(a)
+            if arr.dtype.kind in "OSUVMm":  # objects, strings, records, dates: no tensor dtype
+                kind = arr.dtype.type.__name__.rstrip("_")
+                raise DataError(
+                    f"{where}: cannot read an array ({name} holds {kind} values); give numbers:"
+                    " encode text and labels as numbers (class indices 0..C-1) first"
+                )
+            return torch.as_tensor(arr)
         except (TypeError, ValueError) as err:
-            raise DataError(f"{where}: cannot read an array ({err})") from None
+            raise DataError(f"{where}: cannot read an array ({name}: {err})") from None
 
-    def inputs(a: Any) -> Inputs:  # a dict of arrays is a dict batch (the model takes **x)
-        return {str(k): t(v) for k, v in a.items()} if isinstance(a, Mapping) else t(a)
+    def inputs(a: Any, name: str) -> Inputs:  # a dict of arrays is a dict batch (model(**x))
+        if isinstance(a, Mapping):
+            return {str(k): t(v, f"{name}.{k}") for k, v in a.items()}
+        return t(a, name)
 
     return RawData(
-        x_train=inputs(x_train), y_train=t(y_train), x_test=inputs(x_test), y_test=t(y_test)
+        x_train=inputs(x_train, "x_train"),
+        y_train=t(y_train, "y_train"),
+        x_test=inputs(x_test, "x_test"),
+        y_test=t(y_test, "y_test"),
     )
 
 
@@ -386,7 +398,7 @@ def _is_map_dataset(obj: Any) -> bool:
 
 def _user_dataset(ref: str, args: Mapping[str, Any]) -> RawData | MappedRaw:
     fn = resolve_callable(ref, field="dataset")
-    out = fn(**args)
+    out = call_hook(fn, ref=ref, field="dataset", options=args)
     if isinstance(out, tuple | list) and len(out) == 2 and all(map(_is_map_dataset, out)):
         return MappedRaw(train=out[0], test=out[1])
     if isinstance(out, Mapping):
@@ -502,7 +514,7 @@ def split(
         train_subset=train_subset,
         groups=raw.groups,
     )
-    num_classes = raw.num_classes or task.output_size(raw.arrays())
+    num_classes = check_outputs(raw.num_classes or task.output_size(raw.arrays()), task, where=name)
     return Dataset.from_tensors(
         name=name,
         x_train=_contiguous(batch.take(raw.x_train, train_idx)),
@@ -514,6 +526,61 @@ def split(
         num_classes=num_classes,
         task=task,
     )
+
+
+MAX_OUTPUTS = 2**24
+"""The widest output layer data may imply (16.8M classes or tokens): wider is mislabelled data
+(a label of 10**12), whose model could not even be allocated."""
+
+
+def check_outputs(n: int, task: Task, *, where: str) -> int:
+    """`n`, the model's output size, when a model that wide can be built; else a one-line error
+    naming the largest label (or token id) the task counted from."""
+    if n <= MAX_OUTPUTS:
+        return n
+    what = task.index_label or f"{task.name} outputs"
+    raise DataError(
+        f"{where}: {what} go up to {n - 1:,}: a model with {n:,} outputs would be needed (at"
+        f" most {MAX_OUTPUTS:,}); number them 0..C-1"
+    )
+
+
+def check_inputs(arrays: Arrays, *, where: str) -> None:
+    """Test rows have the training rows' shape (the model is built for those), and float inputs
+    hold no NaN or infinity (a trial on them ends COMPLETE with NaN losses)."""
+    x_train, _, x_test, _ = arrays
+    parts = {"x_train": x_train, "x_test": x_test}
+    tensors = {
+        f"{name}.{k}" if isinstance(x, dict) else name: v
+        for name, x in parts.items()
+        for k, v in (x.items() if isinstance(x, dict) else [("", x)])
+    }
+    train_keys = sorted(x_train) if isinstance(x_train, dict) else None
+    test_keys = sorted(x_test) if isinstance(x_test, dict) else None
+    if train_keys != test_keys:
+        raise DataError(
+            f"{where}: x_test has entries {test_keys} and x_train {train_keys}; give the test"
+            " set the training set's inputs"
+        )
+    for name, v in tensors.items():
+        if not name.startswith("x_test"):
+            continue
+        train = tensors["x_train" + name.removeprefix("x_test")]
+        if v.shape[1:] != train.shape[1:]:
+            raise DataError(
+                f"{where}: {name} has rows of shape {tuple(v.shape[1:])} and"
+                f" {name.replace('x_test', 'x_train')} rows of shape {tuple(train.shape[1:])};"
+                " give the test set the training set's features"
+            )
+    for name, v in tensors.items():
+        if v.is_floating_point() or v.is_complex():
+            bad = ~torch.isfinite(v.reshape(len(v), -1)).all(dim=1)
+            if bool(bad.any()):
+                row = int(bad.nonzero()[0, 0])
+                raise DataError(
+                    f"{where}: {name} contains NaN or infinity (row {row}); clean or drop those"
+                    " rows"
+                )
 
 
 SAMPLE_ITEMS = 64
@@ -570,6 +637,7 @@ def load_mapped(
     sample = _sample(raw.train, where=name)
     resolved = resolve_task(task, task_args, sample)
     checked = resolved.prepare(sample, where=name)  # dtypes and shapes, on the first items
+    check_inputs(checked, where=name)
     train_idx, val_idx = split_index(
         len(raw.train), val_fraction=val_fraction, data_seed=data_seed, train_subset=train_subset
     )
@@ -582,7 +650,9 @@ def load_mapped(
         train=rows(raw.train, train_idx),
         val=rows(raw.train, val_idx),
         test=rows(raw.test, torch.arange(len(raw.test))),
-        num_classes=_output_size(raw, resolved, sample, where=name),
+        num_classes=check_outputs(
+            _output_size(raw, resolved, sample, where=name), resolved, where=name
+        ),
         input_shape=batch.shape_of(checked[0]),
         task=resolved,
     )
@@ -617,6 +687,7 @@ def load_dataset(
         )
     resolved = resolve_task(task, task_args, raw.arrays())
     raw = raw.with_arrays(resolved.prepare(raw.arrays(), where=name))
+    check_inputs(raw.arrays(), where=name)
     return split(
         raw,
         name=name,

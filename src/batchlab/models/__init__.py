@@ -10,7 +10,6 @@ mapping a batch to the task's outputs.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,7 +23,7 @@ from batchlab.models.gpt import GPT
 from batchlab.models.mlp import MLP
 from batchlab.models.norm import GhostBatchNorm
 from batchlab.models.resnet import PreActResNet
-from batchlab.plugins import resolve_callable
+from batchlab.plugins import call_hook, resolve_callable
 
 __all__ = [
     "CNN",
@@ -35,29 +34,8 @@ __all__ = [
     "ModelBuilder",
     "PreActResNet",
     "build_model",
+    "materialize_lazy",
 ]
-
-
-def _call_user_factory(
-    fn: Any, given: dict[str, Any], options: dict[str, Any], *, name: str
-) -> Any:
-    """Call a user's factory with `given` (input_shape, num_classes: passed only when it takes
-    them) and `options` (model_args: every one must be a parameter it takes, so a typo is an
-    error naming it, as for the built-in models)."""
-    params = inspect.signature(fn).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    unknown = [] if takes_any else sorted(set(options) - set(params))
-    if unknown:
-        takes = sorted(k for k in params if k not in given) or ["nothing"]
-        raise SpecError(
-            f"model_args: {name} takes {', '.join(takes)}, not {', '.join(unknown)};"
-            " fix or remove them"
-        )
-    kwargs = {k: v for k, v in given.items() if takes_any or k in params} | options
-    try:
-        return fn(**kwargs)
-    except TypeError as err:
-        raise SpecError(f"model_args: {err}") from None
 
 
 ModelBuilder = Callable[[Sequence[int], int, dict[str, Any]], nn.Module]
@@ -90,9 +68,28 @@ def build_model(
         if ":" in name:
             fn = resolve_callable(name, field="model")
             given = {"input_shape": tuple(input_shape), "num_classes": num_classes}
-            model = _call_user_factory(fn, given, model_args, name=name)
+            model = call_hook(fn, ref=name, field="model", options=model_args, given=given)
             if not isinstance(model, nn.Module):
                 raise SpecError(f"model: {name} returned {type(model).__name__}, not an nn.Module")
             return model
     valid = ", ".join([*MODELS, "hf:NAME", "hf:/path/to/folder", "package.module:function"])
     raise SpecError(f"model: unknown model {name!r}; use {valid}")
+
+
+def materialize_lazy(model: nn.Module, forward: Callable[[nn.Module], Any], *, seed: int) -> None:
+    """Give a model's lazy modules (`nn.LazyLinear`...) their shapes and weights with one
+    `forward(model)` under `no_grad`, right after it is built: evaluation runs under
+    `inference_mode`, where a lazy parameter cannot be created, and the optimizer must see the
+    real parameters. The weights are drawn from `seed` (the global RNG is left as is), in eval
+    mode, so BatchNorm statistics are not updated by the example batch."""
+    lazy = (nn.parameter.UninitializedParameter, nn.parameter.UninitializedBuffer)
+    if not any(isinstance(t, lazy) for t in (*model.parameters(), *model.buffers())):
+        return
+    was_training = model.training
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        model.eval()
+        try:
+            forward(model)
+        finally:
+            model.train(was_training)

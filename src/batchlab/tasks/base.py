@@ -52,6 +52,9 @@ class Task(ABC):
     """Whether the score lies in [0, 1] (shown as a percentage) or is unbounded below (R^2)."""
     unit: ClassVar[str] = "example"
     """What `units` counts: "example", or "token" for a language model."""
+    index_label: ClassVar[str | None] = None
+    """What the output size is one more than the largest of, in errors: "labels", "token ids"
+    (None: the output size is not an index, as a regression's target dimensions)."""
 
     def __init__(self, **options: Any) -> None:
         if options:
@@ -78,6 +81,12 @@ class Task(ABC):
     @abstractmethod
     def output_size(self, arrays: Arrays) -> int:
         """What a model's output layer must produce per position: classes, targets or vocab."""
+
+    def check_output(self, out: torch.Tensor, y: torch.Tensor, *, size: int) -> None:
+        """A one-line DataError (naming `model:`) when a model's output for targets `y` does not
+        fit this task and its output `size` (classes, vocabulary); the preflight calls it once,
+        before any trial, so a model of another output width is not trained silently."""
+        return None  # by default every output the loss accepts fits
 
     @abstractmethod
     def mean_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

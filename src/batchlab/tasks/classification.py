@@ -27,6 +27,7 @@ class Classification(Task):
     name = "classification"
     loss_label = "cross-entropy"
     score_label = "accuracy"
+    index_label = "labels"
 
     def prepare(self, arrays: Arrays, *, where: str) -> Arrays:
         x_train, y_train, x_test, y_test = arrays
@@ -46,6 +47,13 @@ class Classification(Task):
 
     def output_size(self, arrays: Arrays) -> int:
         return int(max(arrays[1].max(), arrays[3].max())) + 1
+
+    def check_output(self, out: torch.Tensor, y: torch.Tensor, *, size: int) -> None:
+        if out.shape != (y.shape[0], size):
+            raise DataError(
+                f"model: outputs of shape {tuple(out.shape)} for {size} classes; the output"
+                f" layer must have {size} units, logits [B, {size}] (build it with num_classes)"
+            )
 
     def mean_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(out, y)

@@ -27,6 +27,7 @@ class LanguageModel(Task):
     loss_label = "cross-entropy per token"
     score_label = "token accuracy"
     unit = "token"
+    index_label = "token ids"
 
     def __init__(self, *, ignore_index: int = IGNORE_INDEX, **options: Any) -> None:
         super().__init__(**options)
@@ -77,6 +78,14 @@ class LanguageModel(Task):
                 f"{tuple(out.shape)} for targets {tuple(y.shape)}"
             )
         return out.reshape(-1, out.shape[-1]), y.reshape(-1)
+
+    def check_output(self, out: torch.Tensor, y: torch.Tensor, *, size: int) -> None:
+        self._flat(out, y)
+        if out.shape[-1] != size:
+            raise DataError(
+                f"model: logits of shape {tuple(out.shape)} for a vocabulary of {size}; the"
+                f" output layer must have {size} units (build it with num_classes)"
+            )
 
     def mean_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits, targets = self._flat(out, y)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from batchlab.errors import DataError
-from batchlab.plugins import resolve_callable
+from batchlab.plugins import call_hook, resolve_callable
 from batchlab.tasks.base import Arrays, Task
 from batchlab.tasks.classification import Classification
 from batchlab.tasks.language_model import LanguageModel
@@ -48,7 +48,7 @@ def make_task(name: str, args: Mapping[str, Any] | None = None) -> Task:
             raise DataError(f"task_args: {err}") from None
     if ":" in name:
         fn = resolve_callable(name, field="task")
-        task = fn(**args)
+        task = call_hook(fn, ref=name, field="task", options=args)
         if not isinstance(task, Task):
             raise DataError(
                 f"task: {name} returned {type(task).__name__}, not a batchlab.tasks.Task"
