@@ -108,8 +108,22 @@ def test_a_lasting_fault_stops_the_driver_and_the_trial_resumes(
 ) -> None:
     store = tmp_path / "r.db"
     reference = run_study(tiny_spec(budget={"epochs": 2}), store=tmp_path / "ref.db")
-    # Write 7 is the first trial's second evaluation (after put, add, start, provenance, eval 0).
-    failing_writes(monkeypatch, "database is locked", after=7, times=10**6)
+    # From the first trial's second evaluation on, every write fails (its checkpoint of eval 0
+    # is stored): the fault starts with the second call of `add_eval`.
+    real_write, real_add = Store._write_once, Store.add_eval
+    evals = [0]
+
+    def add_eval(self: Store, *args: Any, **kwargs: Any) -> Any:
+        evals[0] += 1
+        return real_add(self, *args, **kwargs)
+
+    def flaky(self: Store, body: Callable[[sqlite3.Connection], Any]) -> Any:
+        if evals[0] >= 2:
+            raise sqlite3.OperationalError("database is locked")
+        return real_write(self, body)
+
+    monkeypatch.setattr(Store, "add_eval", add_eval)
+    monkeypatch.setattr(Store, "_write_once", flaky)
     spec = tmp_path / "s.toml"
     from tests.test_multiprocess import write_study
 

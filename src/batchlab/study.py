@@ -181,7 +181,8 @@ def run_study(
             for note in notes:  # once nothing can refuse the study any more
                 say(f"batchlab: {note}")
             s.put_study(spec.name, spec.to_toml_dict())
-            s.put_code(spec.name, code)
+            if code or s.study_code(spec.name):  # built-ins only: nothing to write
+                s.put_code(spec.name, code)
             if verdict is not None or s.study_check(spec.name) is not None:
                 s.put_check(spec.name, verdict)  # a rerun without accumulation drops a stale one
             s.add_trials(
