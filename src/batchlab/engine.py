@@ -119,6 +119,12 @@ def divergence(
     return None
 
 
+def evaluated_losses(data: Dataset, *, full: bool) -> dict[str, bool]:
+    """The losses an evaluation measures, for `divergence` (an empty split, or no full pass over
+    the training set, gives NaN, which is not divergence)."""
+    return {"val_loss": len(data.val) > 0, "test_loss": len(data.test) > 0, "full_train_loss": full}
+
+
 EvalSink = Callable[[EvalRecord, "Checkpoint | None", list[ProbeRecord]], None]
 """Receives each evaluation, the checkpoint taken with it (if any) and the probe records since
 the previous evaluation; a store writes all three in one transaction."""
@@ -453,21 +459,12 @@ class _Trial:
         self.emit(rec, with_checkpoint=at.checkpoint)
         self.reason = divergence(
             rec,
-            evaluated=self.evaluated(full=at.full_train),
+            evaluated=evaluated_losses(self.data, full=at.full_train),
             initial_train_loss=self.initial_train_loss,
             done=done,
         )
         if self.reason is not None:
             self.diverged_step = self.step  # stored as evaluated; training stops here
-
-    def evaluated(self, *, full: bool) -> dict[str, bool]:
-        """The losses an evaluation measured (an empty split, or no full pass, gives NaN)."""
-        data = self.data
-        return {
-            "val_loss": len(data.val) > 0,
-            "test_loss": len(data.test) > 0,
-            "full_train_loss": full,
-        }
 
     def emit(self, rec: EvalRecord, *, with_checkpoint: bool) -> None:
         if rec.idx == 0:

@@ -45,6 +45,7 @@ from batchlab.engine import (
     _to_cpu,
     build_model_for,
     divergence,
+    evaluated_losses,
     make_optimizer,
     peak_memory_bytes,
     reset_peak_memory,
@@ -428,8 +429,7 @@ class _Group:
         )
         eval_time = time.perf_counter() - t0
         peak = peak_memory_bytes(self.device)
-        evaluated = {"val_loss": len(data.val) > 0, "test_loss": len(data.test) > 0}
-        evaluated["full_train_loss"] = full
+        evaluated = evaluated_losses(data, full=full)
         blown: dict[int, str] = {}
         for row, i in enumerate(self.alive):
             m = self.members[i]
