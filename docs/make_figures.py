@@ -24,6 +24,7 @@ from batchlab.errors import StoreError
 from batchlab.report.figure import Figure
 from batchlab.report.figures import (
     accuracy,
+    branched,
     designs_budget,
     designs_schedules,
     designs_stability,
@@ -48,6 +49,7 @@ FIGURES: dict[str, Figure[Any]] = {
     "sharpness": probes_sharpness.FIGURE,
     "lm-quick": accuracy.FIGURE,
     "resnet-quick": designs_variants.FIGURE,
+    "branched": branched.FIGURE,
 }
 
 

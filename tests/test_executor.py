@@ -23,7 +23,7 @@ from batchlab.cpuload import CpuLoad
 from batchlab.executors import order_for_pool, packs, threads_for
 from batchlab.models import MLP
 from batchlab.spec import StudySpec, TrialSpec
-from batchlab.store import ClaimLost, Store, owner_alive, process_owner
+from batchlab.store import SCHEMA_VERSION, ClaimLost, Store, owner_alive, process_owner
 from batchlab.study import Study, run_study
 from batchlab.trial import EvalRecord, TrialState
 from tests.conftest import SpecFactory
@@ -196,6 +196,7 @@ def test_a_version_1_store_is_migrated_and_keeps_its_rows(store_path: Path) -> N
     con = sqlite3.connect(store_path)  # back to the version 1 layout: no claim columns
     con.execute("ALTER TABLE trials DROP COLUMN owner")
     con.execute("ALTER TABLE trials DROP COLUMN heartbeat_at")
+    con.execute("DROP TABLE snapshots")
     con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     con.commit()
     con.close()
@@ -205,7 +206,9 @@ def test_a_version_1_store_is_migrated_and_keeps_its_rows(store_path: Path) -> N
         # a RUNNING trial from before claims existed has no owner: resumable at once
         assert s.claim_trial("t0", {}, owner=process_owner()) == (0, b"c0")
     con = sqlite3.connect(store_path)
-    assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
+    version = con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    assert version == (str(SCHEMA_VERSION),)
+    assert con.execute("SELECT COUNT(*) FROM snapshots").fetchone() == (0,)
 
 
 # ---- the local pool ----------------------------------------------------------------------

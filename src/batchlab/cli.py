@@ -191,10 +191,12 @@ def run(
     spec = load_spec(study_file, base=base, overrides=[*overrides, *execution], scale=scale)
     if adaptive and spec.adaptive is None:
         spec = spec_from_dict({**spec.to_toml_dict(), "adaptive": {}}, source="--adaptive")
+    from batchlab.nodynamo import skip_dynamo_import
     from batchlab.progress import LineReporter, RichReporter
     from batchlab.study import run_study
     from batchlab.trackers import make_trackers
 
+    skip_dynamo_import()  # this process compiles no optimizer code
     if dry_run:
         _dry_run(spec, data_dir)
         return
@@ -411,11 +413,15 @@ def _mean_std_text(values: list[float]) -> str:
 
 def _print_table(study: Study, console: Console) -> None:
     """One row per (batch size, lr): seeds, final test score mean +- std, time, states; for a
-    task other than classification also the test loss (and a language model's perplexity)."""
+    task other than classification also the test loss (and a language model's perplexity).
+    A branched design's branch trials are not rows: one line counts them."""
     task = study.task
     with_loss = task.shows_loss
     groups: dict[tuple[str, int, bool, float], list[Any]] = {}
+    branches = [t for t in study.trials if t.params.get("branch")]
     for t in study.trials:
+        if t.params.get("branch"):  # short runs from a reference's state: `batchlab critical`
+            continue
         key = (str(t.params.get("variant", "")), t.batch_size, bool(t.params.get("control")))
         groups.setdefault((*key, t.lr_base), []).append(t)
     has_variants = any(k[0] for k in groups)
@@ -468,6 +474,8 @@ def _print_table(study: Study, console: Console) -> None:
             states,
         )
     console.print(table)
+    if branches:
+        click.echo(f"{len(branches)} branch trials: see `batchlab critical {study.name}`")
 
 
 def _print_bands(study: Study, console: Console) -> None:
@@ -729,6 +737,127 @@ def recommend_cmd(name: str, store: Path, target_text: str | None, as_json: bool
         console.print(line, markup=False, highlight=False)
 
 
+def _branched_critical(study: Study, *, as_json: bool) -> None:
+    """`batchlab critical` for a branched study: one row per branch point."""
+    from batchlab.analysis.branched import branched_critical
+
+    info = study.task
+    per = info.tokens_per_sample if info.unit != "example" else None
+    result = branched_critical(study.trials, study.probes_dataframe(), tokens_per_sample=per)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=1, default=str))
+        return
+    unit = "tokens" if per else "samples"
+    table = Table(
+        title=f"{study.name}: critical batch size over training (branched; reference batch"
+        f" {result.reference_batch_size}, {len(result.seeds)} seed{'s' * (len(result.seeds) != 1)})"
+    )
+    for col in ("point", f"at ({unit})", "target val loss", "B_crit", "95% CI", "CBS_20"):
+        table.add_column(col, justify="right")
+    for col in ("95% CI ", "B_simple", "note"):
+        table.add_column(col, justify="right" if col != "note" else "left")
+
+    def num(v: float | None) -> str:
+        return "—" if v is None else f"{v:.3g}"
+
+    def ci(i: Any) -> str:
+        return "—" if i is None else f"{i.lo:.3g}–{i.hi:.3g}"
+
+    for pt in result.points:
+        cbs = f"> {pt.cbs20_above}" if pt.cbs20_above is not None else num(pt.cbs20)
+        table.add_row(
+            str(pt.point),
+            f"{pt.tokens if pt.tokens is not None else pt.samples:,}",
+            f"{pt.target:.4g}",
+            num(pt.b_crit),
+            ci(pt.b_crit_ci),
+            cbs,
+            ci(pt.cbs20_ci),
+            num(pt.b_simple),
+            pt.note,
+        )
+    _out().print(table)
+    click.echo(
+        "B_crit: McCandlish's S(B) = S_min + E_min / B fitted at each point; CBS_20: where the"
+        " samples to the target exceed perfect scaling from the smallest batch by 20% (Zhang"
+        " et al.); targets are validation losses."
+    )
+    if result.ci_note:
+        click.echo(result.ci_note)
+    if result.failed:
+        click.echo(f"{len(result.failed)} branch trials did not complete (see batchlab show).")
+
+
+@cli.command("schedule")
+@click.argument("name")
+@STORE_OPTION
+@click.option(
+    "--validate",
+    is_flag=True,
+    help="Also run the schedule against the constant reference batch and the constant largest"
+    " batch at equal samples (study NAME-validation, same store) and report steps, samples and"
+    " time to the reference's final validation loss.",
+)
+@_store_is_data
+def schedule_cmd(name: str, store: Path, validate: bool) -> None:
+    """A batch-size warmup from a branched study: at each branch point, the largest power of
+    two at or below the measured CBS_20, as TOML lines (`batch_sizes`, `batch_schedule`) a
+    study can use."""
+    from batchlab.analysis.branched import (
+        branched_critical,
+        is_branch,
+        validation_rows,
+        validation_spec,
+        warmup_schedule,
+    )
+
+    study = load_study(name, store)
+    info = study.task
+    per = info.tokens_per_sample if info.unit != "example" else None
+    result = branched_critical(study.trials, study.probes_dataframe(), tokens_per_sample=per)
+    refs = [t for t in study.trials if not is_branch(t)]
+    with_epochs = [e for t in refs for e in t.evals if e.epoch > 0]
+    if not with_epochs:
+        raise click.ClickException(f"study {name!r}: no reference evaluation after training yet")
+    n_train = round(with_epochs[0].samples / with_epochs[0].epoch)
+    warmup = warmup_schedule(result, n_train=n_train)
+    click.echo(warmup.to_toml(study=name), nl=False)
+    if not validate:
+        return
+    largest = max(
+        (b.batch_size for p in result.points for b in p.batches if b.reached),
+        default=warmup.start,
+    )
+    from batchlab.progress import LineReporter
+    from batchlab.study import run_study
+
+    stored = study.spec.to_toml_dict()
+    hooks = study.spec.hooks()
+    if hooks:  # a store is data: what it names is not run from here
+        raise SpecError(
+            f"schedule --validate: study {name!r} runs your code ({sorted(hooks)[0]}); run the"
+            " validation from your own spec file with the batch_schedule above"
+        )
+    if not refs or not all(t.state is TrialState.COMPLETE for t in refs):
+        raise SpecError(f"schedule --validate: study {name!r}: its reference runs did not complete")
+    target = sum(t.evals[-1].val_loss for t in refs) / len(refs)
+    spec = validation_spec(stored, warmup, largest)
+    checked = run_study(spec, store=store, reporter=LineReporter(store))
+    table = Table(title=f"{spec['name']}: to the reference's final val loss {target:.4g}")
+    for col in ("run", "seeds reached", "steps", "samples", "time (s)", "final val loss"):
+        table.add_column(col, justify="right")
+    for row in validation_rows(checked.trials, target):
+        table.add_row(
+            row.variant,
+            f"{row.reached}/{row.seeds}",
+            f"{row.steps:.0f}",
+            f"{row.samples:,.0f}",
+            f"{row.time_s:.3g}",
+            f"{row.final_val_loss:.4g}",
+        )
+    _out().print(table)
+
+
 @cli.command("critical")
 @click.argument("name")
 @STORE_OPTION
@@ -741,18 +870,25 @@ def critical_cmd(
     name: str, store: Path, target_text: str | None, variant: str | None, boot: int, as_json: bool
 ) -> None:
     """Critical batch size: fit S(B) = S_min + E_min / B to the steps each batch size needs to
-    reach the target (McCandlish et al. 2018); B_crit = E_min / S_min. Each batch size's lr is
-    chosen on the target's split (validation by default)."""
+    reach the target (McCandlish et al. 2018); B_crit = E_min / S_min. Also where perfect
+    scaling ends (steps 20% over S(B_0) B_0 / B) and maximal data parallelism begins (a doubling
+    saves < 10% of the steps; Shallue et al. 2019). Each batch size's lr is chosen on the
+    target's split (validation by default)."""
     from batchlab.analysis.critical import (
+        CriticalBatchError,
         CriticalFit,
         NotEnoughBatchSizes,
         Target,
         critical_batch_size,
         noise_scale_summary,
     )
+    from batchlab.analysis.regimes import Regimes, scaling_regimes, untuned_batch_sizes
 
     target = None if target_text is None else Target.parse(target_text)
     study = load_study(name, store)
+    if any(t.params.get("branch") for t in study.trials):  # a branched design: B_crit(t)
+        _branched_critical(study, as_json=as_json)
+        return
     fit: CriticalFit | NotEnoughBatchSizes
     try:
         fit = critical_batch_size(study.trials, target, variant=variant, n_boot=boot)
@@ -761,19 +897,32 @@ def critical_cmd(
     chosen = [t for t in study.trials if str(t.params.get("variant", "")) == fit.variant]
     noise = noise_scale_summary(study.probes_dataframe(), chosen)
     note = fit.selection.note(study.task, "The lr at each batch size is chosen")
+    regimes: Regimes | None = None
+    regimes_reason = ""
+    try:  # Shallue et al.'s regimes, from the same points (and the same MIN_BATCH_SIZES)
+        regimes = scaling_regimes(fit.points)
+    except CriticalBatchError as err:
+        regimes_reason = str(err).removeprefix("scaling regimes: ")
+    untuned = untuned_batch_sizes(fit.points, [t for t in chosen if not t.params.get("control")])
     if as_json:
         payload = {
             **fit.to_dict(),
             "selection": {**fit.selection.to_dict(), "note": note},
             "noise_scale": None if noise is None else noise.to_dict(),
+            "regimes": None if regimes is None else regimes.to_dict(),
+            "regimes_reason": regimes_reason,
+            "lr_at_grid_edge": untuned,
         }
         click.echo(json.dumps(payload, indent=1, default=str))
         return
     if note:
         click.echo(note)
     table = Table(title=f"{name}: steps to {fit.target.describe()} (= {fit.threshold:.4g})")
-    for col in ("batch size", "lr", "seeds", "steps S", "samples E", "fit S", "time (s)"):
+    cols = ("batch size", "lr", "seeds", "steps S", "samples E", "S / perfect", "fit S")
+    for col in (*cols, "time (s)"):
         table.add_column(col, justify="right")
+    # S / perfect scaling S(B_0) B_0 / B from the smallest batch size B_0 reaching the target
+    e0 = fit.points[0].steps * fit.points[0].batch_size if fit.points else 0.0
     for p in fit.points:
         table.add_row(
             str(p.batch_size),
@@ -781,14 +930,26 @@ def critical_cmd(
             str(p.seeds),
             f"{p.steps:.1f}",
             f"{p.samples:.0f}",
+            f"{p.steps * p.batch_size / e0:.2f}" if e0 > 0 else "—",
             f"{fit.steps_at(p.batch_size):.1f}" if isinstance(fit, CriticalFit) else "—",
             f"{p.time_s:.3g}",
         )
     for b in fit.unreached:
         fitted = f"{fit.steps_at(b):.1f}" if isinstance(fit, CriticalFit) else "—"
-        table.add_row(str(b), "—", "—", "not reached", "—", fitted, "—")
+        table.add_row(str(b), "—", "—", "not reached", "—", "—", fitted, "—")
     console = _out()
     console.print(table)
+    if regimes is None:
+        click.echo(f"Scaling regimes: {regimes_reason}")
+    else:
+        for line in regimes.lines():
+            click.echo(line)
+        if untuned:
+            click.echo(
+                "The regimes assume an lr tuned per batch size (Shallue et al. 2019); the best lr"
+                f" is the smallest or largest tried at B = {', '.join(map(str, untuned))}, so"
+                " steps there may be overstated: widen the lr grid there."
+            )
     if isinstance(fit, NotEnoughBatchSizes):
         click.echo("B_crit: " + str(fit).removeprefix("critical batch size: "))
         if noise is not None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from batchlab.branched import study_trials
 from batchlab.check import CheckResult
 from batchlab.engine import build_model_for, evaluate, make_optimizer
 from batchlab.plan import TrialPlan
@@ -127,7 +128,7 @@ def dry_run(prepared: PreparedStudy, *, check: CheckResult | None = None) -> Dry
     """The plan of a prepared (preflighted) study, with its calibrated time."""
     spec, data, device = prepared.spec, prepared.data, prepared.device
     n = data.n_train
-    trials = spec.trials(n_train=n)
+    trials = study_trials(spec, n)
     step_s: dict[str, float] = {}
     eval_s = math.nan
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):

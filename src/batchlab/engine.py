@@ -10,6 +10,7 @@ The engine knows nothing of storage: the caller persists `EvalRecord`s and `Chec
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import math
@@ -24,13 +25,21 @@ from torch import nn
 
 from batchlab.batch import Inputs
 from batchlab.batch import to as inputs_to
+from batchlab.branched import branch_points, interval, stream_indices, stream_seed
 from batchlab.data import Dataset
 from batchlab.data.rows import Rows
 from batchlab.models import build_model, materialize_lazy
 from batchlab.plan import Evaluation, TrialPlan
 from batchlab.probes import ProbeContext, ProbeRecord, ProbeSuite, probe_generator
-from batchlab.spec import StudySpec, TrialSpec
-from batchlab.step import AutogradStep, FastMLPStep, Step, autocast, autocast_dtype
+from batchlab.spec import Branch, StudySpec, TrialSpec
+from batchlab.step import (
+    AutogradStep,
+    FastMLPStep,
+    Step,
+    autocast,
+    autocast_dtype,
+    compile_unsupported,
+)
 from batchlab.tasks import Task
 from batchlab.trial import EvalRecord, TrialState
 
@@ -54,6 +63,7 @@ class Checkpoint:
     optimizer_state: dict[str, Any]
     generator_state: torch.Tensor
     initial_train_loss: float = math.nan  # for the divergence rule (older checkpoints: unknown)
+    scaler_state: dict[str, float] | None = None  # fp16's loss scale (GradScaler.state_dict())
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
@@ -76,6 +86,7 @@ class Outcome:
     reason: str | None = None  # why a trial is DIVERGED, stored as its error
     probes: list[ProbeRecord] = field(default_factory=list)  # recorded after the last evaluation
     weights: dict[str, torch.Tensor] | None = None  # final model state of a COMPLETE trial
+    compiled: bool | None = None  # with `compile`: whether it ran compiled (None: not asked)
 
     def weights_bytes(self, *, save: bool) -> bytes | None:
         """The final weights serialized for the store, or None (none, or not to be saved)."""
@@ -128,6 +139,8 @@ def evaluated_losses(data: Dataset, *, full: bool) -> dict[str, bool]:
 EvalSink = Callable[[EvalRecord, "Checkpoint | None", list[ProbeRecord]], None]
 """Receives each evaluation, the checkpoint taken with it (if any) and the probe records since
 the previous evaluation; a store writes all three in one transaction."""
+SnapshotSink = Callable[[int, "Checkpoint"], None]
+"""Takes (step, checkpoint) of a reference trial at each of its branch points."""
 
 
 def build_model_for(spec: StudySpec, data: Dataset, *, seed: int) -> nn.Module:
@@ -291,11 +304,16 @@ class _Trial:
         on_eval: EvalSink,
         *,
         deadline: float | None = None,
+        on_snapshot: SnapshotSink | None = None,
     ) -> None:
         spec = trial.study
         self.trial, self.data, self.device, self.task = trial, data, device, data.task
-        self.on_eval = on_eval
-        self.plan = TrialPlan(trial, data.n_train)
+        self.on_eval, self.on_snapshot = on_eval, on_snapshot
+        self.plan = self.make_plan()
+        # A branched design's reference keeps its state at the branch points (batchlab.branched).
+        self.snapshot_at: frozenset[int] = frozenset()
+        if on_snapshot is not None and spec.branched is not None:
+            self.snapshot_at = frozenset(branch_points(trial, data.n_train))
         self.seconds = trial.budget.seconds
         self.deadline = deadline
         self.diverged_step: int | None = None
@@ -321,10 +339,14 @@ class _Trial:
             accumulate=spec.accumulate,
             clip=clip,
             dtype=self.dtype,
+            compile=spec.compile and compile_unsupported(device.type) is None,
         )
+        # `compile` trains through autograd (compiled, or eager where that cannot run), never
+        # the hand-written step: the same path whether or not the compiler is there.
         self.fast: Step | None = (
             FastMLPStep(self.model, self.optimizer)
             if self.dtype is None
+            and not spec.compile
             and FastMLPStep.supports(
                 self.model, self.optimizer, self.task, accumulate=spec.accumulate, clip=clip
             )
@@ -357,6 +379,16 @@ class _Trial:
         if self.suite is not None:
             self.suite.start(self.ctx)
 
+    fresh_init = True  # the first evaluation is of freshly initialised weights
+
+    def make_plan(self) -> TrialPlan:
+        return TrialPlan(self.trial, self.data.n_train)
+
+    def start(self, snapshot: Checkpoint | None) -> None:
+        """Evaluate the initial weights (idx 0), with a checkpoint: the trial's first."""
+        assert snapshot is None, "only a branch trial starts from a checkpoint"
+        self.emit(self.record(window=None, full=True), with_checkpoint=True)
+
     def restore(self, ckpt: Checkpoint) -> None:
         self.model.load_state_dict(ckpt.model_state)
         self.optimizer.load_state_dict(ckpt.optimizer_state)
@@ -364,6 +396,8 @@ class _Trial:
         self.step, self.samples, self.train_time = ckpt.step, ckpt.samples, ckpt.train_time_s
         self.eval_idx = ckpt.eval_idx + 1
         self.initial_train_loss = ckpt.initial_train_loss
+        if self.autograd.scaler is not None and ckpt.scaler_state is not None:
+            self.autograd.scaler.load_state_dict(ckpt.scaler_state)
         self.drained()  # the start() records of a resumed trial are already stored
 
     def checkpoint(self) -> Checkpoint:
@@ -376,7 +410,15 @@ class _Trial:
             optimizer_state=_to_cpu(self.optimizer.state_dict()),
             generator_state=self.shuffle.get_state(),
             initial_train_loss=self.initial_train_loss,
+            scaler_state=(
+                self.autograd.scaler.state_dict() if self.autograd.scaler is not None else None
+            ),
         )
+
+    def compiled_used(self) -> bool | None:
+        """With `compile`: whether the trial trains compiled (False where it fell back to
+        eager: `compile_unsupported`, or an exception at a step); None when not asked."""
+        return self.autograd.compiled is not None if self.trial.study.compile else None
 
     def weights(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
@@ -426,6 +468,9 @@ class _Trial:
             window.probe(lambda: suite.after_backward(self.ctx.at(nxt)))
         step.update()
         self.step = nxt
+        if nxt in self.snapshot_at:
+            assert self.on_snapshot is not None
+            self.on_snapshot(nxt, self.checkpoint())
         if due:
             assert suite is not None
             window.probe(lambda: suite.after_update(self.ctx.at(nxt)))
@@ -467,7 +512,7 @@ class _Trial:
             self.diverged_step = self.step  # stored as evaluated; training stops here
 
     def emit(self, rec: EvalRecord, *, with_checkpoint: bool) -> None:
-        if rec.idx == 0:
+        if rec.idx == 0 and self.fresh_init:
             self.initial_train_loss = rec.full_train_loss
         probes = self.drained() + self.autograd.clip_records(self.step)
         self.on_eval(rec, self.checkpoint() if with_checkpoint else None, probes)
@@ -490,14 +535,15 @@ class _Trial:
             torch.get_num_threads(),
             str(self.dtype),
         )
-        if self.eval_idx == 0 and key in data.memo:
+        initial = self.eval_idx == 0 and self.fresh_init
+        if initial and key in data.memo:
             val, test, tr = data.memo[key]
         else:
             size, dt = spec.eval_batch_size, self.dtype
             val = evaluate(self.model, data.val, size, task, dtype=dt)
             test = evaluate(self.model, data.test, size, task, dtype=dt)
             tr = evaluate(self.model, data.train, size, task, dtype=dt) if full else NAN_PAIR
-            if self.eval_idx == 0:
+            if initial:
                 data.memo[key] = (val, test, tr)
         seen, secs = (window.seen, window.seconds) if window is not None else (0, 0.0)
         return EvalRecord(
@@ -519,6 +565,50 @@ class _Trial:
             samples_per_s=seen / secs if secs > 0 else math.nan,
             peak_mem_bytes=peak_memory_bytes(device),
         )
+
+
+class BranchRun(_Trial):
+    """A branch trial: starts from the reference's checkpoint, trains at its own batch size on
+    its own stream, evaluates every `interval` samples. The loop is the engine's."""
+
+    fresh_init = False  # the first evaluation is of the reference's weights
+
+    @property
+    def branch(self) -> Branch:
+        assert self.trial.branch is not None
+        return self.trial.branch
+
+    def make_plan(self) -> TrialPlan:
+        cfg = self.trial.study.branched
+        assert cfg is not None
+        return TrialPlan(self.trial, interval(self.trial.batch_size, self.branch.window, cfg.evals))
+
+    def start(self, snapshot: Checkpoint | None) -> None:
+        """Take the reference's weights and optimizer state, and evaluate them (idx 0)."""
+        if snapshot is None:
+            raise ValueError(
+                f"branch of trial {self.branch.reference}: the reference kept no checkpoint at"
+                f" step {self.branch.step} (it did not get that far)"
+            )
+        self.model.load_state_dict(snapshot.model_state)
+        # torch keeps the given state's tensors (momentum buffers) and updates them in place: a
+        # copy leaves the snapshot as stored for every other branch taken from it
+        self.optimizer.load_state_dict(copy.deepcopy(snapshot.optimizer_state))
+        if self.autograd.scaler is not None and snapshot.scaler_state is not None:
+            self.autograd.scaler.load_state_dict(snapshot.scaler_state)
+        self.initial_train_loss = snapshot.initial_train_loss  # the divergence rule's reference
+        self.set_lr(self.trial.lr)
+        self.emit(self.record(window=None, full=False), with_checkpoint=True)
+
+    def begin_epoch(self, epoch: int) -> Iterator[tuple[Inputs, torch.Tensor]]:
+        B, self.epoch_lr = self.plan.epoch(epoch)
+        self.set_lr(self.epoch_lr)
+        self.autograd.set_batch_size(B)
+        every = self.plan.n_train
+        seed = stream_seed(self.trial.seed, self.branch.point)
+        idx = stream_indices(seed, self.data.n_train, epoch * every, every)
+        self.window = _Window(self.device)
+        return self.data.train.batches(idx, B)
 
 
 class Runner(Protocol):
@@ -617,6 +707,8 @@ def train_trial(
     on_progress: Callable[[Progress], None] | None = None,
     stop_at_step: int | None = None,
     deadline: float | None = None,
+    start: Checkpoint | None = None,
+    on_snapshot: SnapshotSink | None = None,
 ) -> Outcome:
     """Train one trial from scratch (or from `resume`) until its budget is spent or it diverges.
 
@@ -629,28 +721,34 @@ def train_trial(
 
     `deadline` (a `time.perf_counter()` value) ends training early, as if the budget were spent,
     at the first step past it: a wall-clock guard for callers such as `suggest`'s short run.
+
+    A branch trial (`trial.branch`, batchlab.branched) starts from `start`, its reference's
+    checkpoint at the branch point; a reference trial of a branched design hands its
+    checkpoints at the branch points to `on_snapshot`.
     """
     if stop_at_step is not None and stop_at_step < 1:
         raise ValueError(f"stop_at_step must be >= 1, got {stop_at_step}")
     reset_peak_memory(device)
-    t = _Trial(trial, data, device, on_eval, deadline=deadline)
+    runner = BranchRun if trial.branch is not None else _Trial
+    t = runner(trial, data, device, on_eval, deadline=deadline, on_snapshot=on_snapshot)
     if resume is not None:
         t.restore(resume)
         if stop_at_step is not None and t.step >= stop_at_step:
             return Outcome(state=TrialState.RUNNING)  # already paused at or past the stop
     else:
-        t.emit(t.record(window=None, full=True), with_checkpoint=True)
+        t.start(start)
     t.model.train()
     if run_epochs(t, device=device, stop_at_step=stop_at_step, on_progress=on_progress):
-        return Outcome(state=TrialState.RUNNING)
+        return Outcome(state=TrialState.RUNNING, compiled=t.compiled_used())
     if t.diverged_step is not None:
         return Outcome(
             state=TrialState.DIVERGED,
             diverged_step=t.diverged_step,
             reason=t.reason or f"training loss not finite at step {t.diverged_step}",
             probes=t.drained(),
+            compiled=t.compiled_used(),
         )
-    return Outcome(state=TrialState.COMPLETE, weights=t.weights())
+    return Outcome(state=TrialState.COMPLETE, weights=t.weights(), compiled=t.compiled_used())
 
 
 def _to_cpu(obj: Any) -> Any:

@@ -74,6 +74,8 @@ def _why_not(trials: Sequence[TrialSpec], *, min_size: int = 2) -> str | None:
         return "accumulate: gradient accumulation does not fuse"
     if spec.precision != "fp32":
         return "precision: autocast does not fuse"
+    if spec.compile:
+        return "compile: a fused group's stacked step is not compiled"
     if spec.clip_grad_norm is not None:
         return "clip_grad_norm: clipping is per member's global norm; it does not fuse yet"
     if spec.no_decay != "none" and spec.weight_decay > 0:

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 
-from batchlab.lr import decay_factor, warmup_lr
+from batchlab.lr import decay_factor, scaled_lr, warmup_lr
 from batchlab.spec import TrialSpec
 
 
@@ -19,13 +19,21 @@ def epoch_plan(trial: TrialSpec, epoch: int, n_train: int) -> tuple[int, float]:
     """Batch size and lr for an epoch under the trial's batch and lr schedules.
 
     Smith et al.: where a step schedule would divide the lr by k, multiply the batch by k instead,
-    until `max_batch`; past the cap the lr is divided. Milestones are stretched by Hoffer's regime
-    factor when regime adaptation is on.
+    until `max_batch`; past the cap the lr is divided. Or the schedule names the batch size from
+    each milestone on (a batch-size warmup, `batchlab schedule`), the lr following the study's
+    lr_scaling rule. Milestones are stretched by Hoffer's regime factor when regime adaptation
+    is on.
     """
     spec, regime = trial.study, trial.regime_factor
     batch, lr = trial.batch_size, trial.lr
-    if spec.batch_schedule is not None:
+    if spec.batch_schedule is not None and spec.batch_schedule.batch_sizes is not None:
+        passed = spec.batch_schedule.passed(epoch, regime)  # explicit sizes, lr by the rule
+        if passed:
+            batch = spec.batch_schedule.batch_sizes[passed - 1]
+            lr = trial.lr * scaled_lr(1.0, batch, trial.batch_size, spec.lr_scaling)
+    elif spec.batch_schedule is not None:
         sched = spec.batch_schedule
+        assert sched.factor is not None
         for _ in range(sched.passed(epoch, regime)):
             bigger = round(batch * sched.factor)
             if sched.max_batch is not None and bigger > sched.max_batch:
@@ -33,6 +41,7 @@ def epoch_plan(trial: TrialSpec, epoch: int, n_train: int) -> tuple[int, float]:
             else:
                 batch = bigger
     if spec.lr_schedule is not None:
+        assert spec.lr_schedule.factor is not None  # the spec refuses an lr_schedule without
         lr /= spec.lr_schedule.factor ** spec.lr_schedule.passed(epoch, regime)
     return min(batch, n_train), lr
 

@@ -49,6 +49,7 @@ EXECUTION_FIELDS = frozenset(
         "ray_address",
         "fuse",
         "data_workers",
+        "compile",
     }
 )
 
@@ -109,10 +110,24 @@ class Schedule(_Frozen):
 
     milestones: tuple[int, ...] = Field(min_length=1)
     """Increasing epochs at which the schedule steps, e.g. [10, 20]."""
-    factor: float = Field(gt=1.0)
+    factor: float | None = Field(default=None, gt=1.0)
     """At each milestone, multiply the batch (or divide the lr) by this."""
     max_batch: int | None = Field(default=None, gt=0)
     """Batch schedules: a cap on the batch; milestones past it divide the lr instead."""
+    batch_sizes: tuple[int, ...] | None = None
+    """Batch schedules, instead of a factor: the batch size from each milestone on, with the
+    lr following the study's lr_scaling rule (`batchlab schedule` writes these)."""
+
+    @model_validator(mode="after")
+    def _factor_or_sizes(self) -> Schedule:
+        if (self.factor is None) == (self.batch_sizes is None):
+            raise ValueError("give exactly one of factor or batch_sizes, e.g. factor = 5")
+        if self.batch_sizes is not None:
+            if len(self.batch_sizes) != len(self.milestones):
+                raise ValueError("batch_sizes: give one batch size per milestone")
+            if any(b <= 0 for b in self.batch_sizes) or self.max_batch is not None:
+                raise ValueError("batch_sizes: positive sizes, and no max_batch with them")
+        return self
 
     @field_validator("milestones")
     @classmethod
@@ -154,6 +169,64 @@ class LrDecay(_Frozen):
         if self.warmup_fraction is not None:
             return round(self.warmup_fraction * total_steps)
         return self.warmup_steps or 0
+
+
+class Branched(_Frozen):
+    """The critical batch size over training, by branching (`batchlab.branched`; Merrill et al.
+    2025). The study's grid is the reference run: one batch size and one lr, once per seed. It
+    keeps its weights and optimizer state at `points` steps log-spaced from `first` of its
+    budget to its end; from each, a short branch runs at every batch size of `batch_sizes`
+    (lr by the study's rule, times each of `lr_factors`) and records how many steps and samples
+    it needs to reach the validation loss the reference batch's own branch reaches after
+    `window` samples."""
+
+    batch_sizes: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
+    """Batch sizes of the branches (the reference batch size is always added): a list, or
+    "lo:hi" for the powers of two from lo to hi."""
+    points: int = Field(default=4, ge=1, le=64)
+    """Branch points: checkpoints of the reference, log-spaced in samples."""
+    first: float = Field(default=1 / 16, gt=0.0, le=1.0)
+    """The first branch point, as a fraction of the reference's budget (the last is its end)."""
+    window: int | None = Field(default=None, gt=0)
+    """Samples the reference batch's branch trains: its loss at the end is every branch's
+    target (unset: a quarter of the reference's samples)."""
+    reach: float = Field(default=3.0, ge=1.0)
+    """A branch trains at most `reach` x `window` samples to reach the target."""
+    evals: int = Field(default=8, ge=2)
+    """Evaluations per window (a branch of few steps evaluates after every step), between which
+    the steps to the target are interpolated."""
+    lr_factors: tuple[float, ...] = (1.0,)
+    """A small lr grid per batch size, as factors of the rule's lr; the fastest branch to the
+    target counts (selected on the validation split)."""
+
+    @field_validator("batch_sizes", mode="before")
+    @classmethod
+    def _batch_sizes(cls, v: object) -> tuple[int, ...]:
+        return parse_batch_sizes(v)
+
+    @field_validator("lr_factors")
+    @classmethod
+    def _lr_factors(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not v or any(not 0 < f < math.inf for f in v):
+            raise ValueError("give positive lr factors, e.g. lr_factors = [0.5, 1, 2]")
+        return tuple(sorted(set(v)))
+
+
+class Branch(_Frozen):
+    """Where a branch trial starts: the reference trial and its checkpoint."""
+
+    reference: str
+    """The reference trial's id."""
+    point: int
+    """The branch point's index (0: the earliest)."""
+    step: int
+    """The reference's updates at the branch point."""
+    samples: int
+    """The reference's samples at the branch point."""
+    window: int
+    """Samples after which the reference batch's branch sets the target."""
+    lr_factor: float = 1.0
+    """The lr's factor over the study's rule."""
 
 
 class Adaptive(_Frozen):
@@ -350,6 +423,9 @@ class StudySpec(_Frozen):
     (batchlab.cpuload), with a one-line warning."""
     adaptive: Adaptive | None = None
     """Successive halving over the grid: true for the default rule, or a table of its options."""
+    branched: Branched | None = None
+    """Measure the critical batch size over training by branching from checkpoints of a
+    reference run (batchlab.branched): a table of its options, or true for the defaults."""
     # How trials run (batchlab.executors): 1 = one after another in this process; N = a pool of
     # N worker processes; "auto" = one per core, small batches packed single-threaded.
     workers: Annotated[int, Field(gt=0)] | Literal["auto"] = 1
@@ -361,11 +437,17 @@ class StudySpec(_Frozen):
     data_workers: int = Field(default=0, ge=0)
     """DataLoader worker processes reading a map-style Dataset (0: read in the trial's process);
     in-memory tensors never use them."""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """Arithmetic of the forward pass: fp32, or bf16 autocast (weights, gradients and the update
-    stay fp32). It changes the numbers, so it enters the trial id (when not fp32). Where the
-    device has no bf16 (a CPU without AVX512-BF16/AMX) it runs fp32, says so in one line, and
-    stores the precision used with each trial."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Arithmetic of the forward pass: fp32, or bf16 or fp16 autocast (weights, gradients and
+    the update stay fp32; fp16 scales the loss with a gradient scaler). It changes the numbers,
+    so it enters the trial id (when not fp32). Where the device has no bf16 (fp16) instructions
+    it runs fp32, says so in one line, and stores the precision used with each trial."""
+    compile: bool = False
+    """Run each trial's forward and backward through `torch.compile` (an execution setting: the
+    same numbers within rounding, so not in the trial id). Where it cannot (no C++ compiler,
+    Windows, an error at the first step) it runs eager, says so in one line, and stores the
+    setting used with each trial. A compiled trial trains through autograd, not the
+    hand-written MLP step, and never fuses (a fused group's stacked step is not compiled)."""
     fuse: bool | Literal["auto"] = "auto"
     """Train trials that differ only in seed and lr as one batched step (batchlab.fused): auto
     (on CUDA, one trial after another), true (on any device), false (never)."""
@@ -374,6 +456,13 @@ class StudySpec(_Frozen):
     @classmethod
     def _adaptive(cls, v: object) -> object:
         if isinstance(v, bool):  # adaptive = true: the default rule; false: the full grid
+            return {} if v else None
+        return v
+
+    @field_validator("branched", mode="before")
+    @classmethod
+    def _branched(cls, v: object) -> object:
+        if isinstance(v, bool):
             return {} if v else None
         return v
 
@@ -483,6 +572,8 @@ class StudySpec(_Frozen):
                 f"accumulate: {self.accumulate} does not divide batch size {bad[0]};"
                 " choose a divisor of every batch size"
             )
+        if self.lr_schedule is not None and self.lr_schedule.factor is None:
+            raise ValueError("lr_schedule: give a factor to divide the lr by, e.g. factor = 5")
         for key in ("batch_schedule", "lr_schedule"):
             sched: Schedule | None = getattr(self, key)
             if sched is None:
@@ -522,6 +613,11 @@ class StudySpec(_Frozen):
                 "fuse: fused groups train in this process, one group after another;"
                 " use workers = 1 and executor = local, or fuse = auto"
             )
+        if self.compile and self.fuse is True:
+            raise ValueError(
+                "compile: a fused group's stacked step is not compiled;"
+                " use fuse = auto or false with compile = true"
+            )
         if self.adaptive is not None and self.budget.seconds is not None:
             raise ValueError(
                 "adaptive: rungs are fractions of planned steps; use an epochs,"
@@ -532,6 +628,8 @@ class StudySpec(_Frozen):
                 "adaptive: rungs rank trials on the validation split;"
                 " set val_fraction > 0 (e.g. 0.1)"
             )
+        if self.branched is not None:
+            self._check_branched(self.branched)
         per_variant = len(self.batch_sizes) * len(self.lrs) * len(self.seeds)
         n_trials = max(1, len(self.variants)) * per_variant * (2 if self.controls else 1)
         if n_trials > MAX_TRIALS:
@@ -543,6 +641,42 @@ class StudySpec(_Frozen):
         if any(not lab for lab in labels) or len(set(labels)) != len(labels):
             raise ValueError('variants: every variant needs a unique label, e.g. label = "adam"')
         return self
+
+    def _check_branched(self, cfg: Branched) -> None:
+        """A branched design has one reference configuration, trained to a planned end."""
+        if len(self.batch_sizes) != 1 or len(self.lrs) != 1:
+            raise ValueError(
+                "branched: the grid is the reference run; give one batch size and one lr"
+                " (the branches' batch sizes go in branched.batch_sizes)"
+            )
+        clash = [
+            name
+            for name, on in (
+                ("variants", bool(self.variants)),
+                ("controls", self.controls),
+                ("batch_schedule", self.batch_schedule is not None),
+                ("adaptive", self.adaptive is not None),
+                ("regime_adaptation", self.regime_adaptation),
+                ("fuse = true", self.fuse is True),
+            )
+            if on
+        ]
+        if clash:
+            raise ValueError(f"branched: not with {clash[0]}; run that as a study of its own")
+        if self.budget.seconds is not None:
+            raise ValueError(
+                "branched: branch points are fractions of planned steps; use an epochs, steps"
+                " or samples budget, not seconds"
+            )
+        if self.val_fraction == 0:
+            raise ValueError(
+                "branched: the target is a validation loss; set val_fraction > 0 (e.g. 0.1)"
+            )
+        bad = [b for b in cfg.batch_sizes if b % self.accumulate]
+        if bad:
+            raise ValueError(
+                f"branched.batch_sizes: accumulate {self.accumulate} does not divide {bad[0]}"
+            )
 
     def resolved_variants(self) -> list[tuple[str, StudySpec]]:
         """(label, spec) per variant; a study without variants is its own single variant."""
@@ -574,7 +708,8 @@ class StudySpec(_Frozen):
         return frozenset(ref for field, ref in named if ref and is_hook(ref, field=field))
 
     def trials(self, n_train: int | None = None) -> list[TrialSpec]:
-        """The grid, in a fixed order: variant, batch size, lr, seed; then control runs.
+        """The grid, in a fixed order: variant, batch size, lr, seed; then control runs. (A
+        branched design's branches follow: `batchlab.branched.study_trials`.)
 
         Controls (`controls = true`) give every batch size above the smallest as many updates as
         the smallest got; they need `n_train` to count those updates.
@@ -647,6 +782,7 @@ class TrialSpec(_Frozen):
     variant: str = ""
     control: bool = False
     regime_factor: int = 1  # Hoffer's regime adaptation: epochs and milestones stretched by this
+    branch: Branch | None = None  # a branch of a reference trial (batchlab.branched)
 
     def params(self) -> dict[str, Any]:
         """The resolved spec of this trial: what it runs, not where."""
@@ -663,6 +799,8 @@ class TrialSpec(_Frozen):
             control=self.control,
             regime_factor=self.regime_factor,
         )
+        if self.branch is not None:  # absent otherwise: every other trial keeps its id
+            d["branch"] = self.branch.model_dump(mode="json")
         return d
 
     @property

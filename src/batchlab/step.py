@@ -20,6 +20,9 @@ member. The engine's loop (`engine.run_epochs`) drives a trial's steps and a fus
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
+import sys
 from collections.abc import Iterator, Sequence
 from functools import cache
 from pathlib import Path
@@ -55,11 +58,68 @@ def bf16_unsupported(device_type: str) -> str | None:
     return None
 
 
+@cache
+def fp16_unsupported(device_type: str) -> str | None:
+    """Why `device_type` cannot run fp16 autocast at full speed, or None when it can. A CPU
+    without AVX512-FP16 or AMX-FP16 runs it (torch has CPU fp16 kernels), converting each
+    operand: 2.5x slower than fp32 for a 256 x 256 matmul on this repo's AVX2 machine."""
+    if device_type == "cpu":
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            flags = ""
+        if "avx512_fp16" in flags or "amx_fp16" in flags:
+            return None
+        return "this CPU has no fp16 instructions (AVX512-FP16 or AMX-FP16): fp16 would run slower"
+    return None
+
+
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def precision_unsupported(precision: str, device_type: str) -> str | None:
+    """Why `device_type` runs `precision` as fp32 instead, or None when it runs as asked."""
+    if precision == "bf16":
+        return bf16_unsupported(device_type)
+    if precision == "fp16":
+        return fp16_unsupported(device_type)
+    return None
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype a study's `precision` runs with on `device`: None for fp32, and for
-    bf16 where the device has none (`bf16_unsupported`)."""
-    if precision == "bf16" and bf16_unsupported(device.type) is None:
-        return torch.bfloat16
+    bf16 or fp16 where the device has none (`precision_unsupported`)."""
+    if precision in _AUTOCAST and precision_unsupported(precision, device.type) is None:
+        return _AUTOCAST[precision]
+    return None
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """The `precision` an autocast dtype stands for (what the store records)."""
+    return next((k for k, v in _AUTOCAST.items() if v == dtype), "fp32")
+
+
+FP16_INIT_SCALE = 2.0**16
+"""fp16's loss scale before the first update (`torch.amp.GradScaler`'s default): halved on each
+step whose scaled gradients overflow (that step is skipped), doubled after 2000 clean ones."""
+
+
+@cache
+def compile_unsupported(device_type: str) -> str | None:
+    """Why `torch.compile` cannot run on `device_type` here, or None when it may (it can still
+    fail at the first step: `AutogradStep` then runs eager). Inductor writes C++ for the CPU
+    and Triton for CUDA; other devices run compiled graphs without either."""
+    if sys.platform == "win32":
+        return "torch.compile is not supported on Windows here"
+    if device_type == "cpu" and not any(
+        shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "clang++", "c++")
+    ):
+        return "no C++ compiler (g++ or clang++) for torch.compile's CPU kernels"
+    if device_type == "cuda":
+        import importlib.util
+
+        if importlib.util.find_spec("triton") is None:
+            return "triton is not installed (torch.compile's CUDA kernels)"
     return None
 
 
@@ -82,12 +142,14 @@ def backward_batch(
     micro: int | None = None,
     loss_sum: torch.Tensor | None = None,
     dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[torch.Tensor, int | torch.Tensor]:
     """Accumulate the batch's mean-loss gradient into `p.grad` (zero them first).
 
     Returns the task's score statistics of the batch and its units (examples or tokens); adds the
     batch's summed loss to `loss_sum` in place when given (no host sync either way). `dtype`:
-    the forward pass and loss under autocast (bf16), gradients in the parameters' dtype.
+    the forward pass and loss under autocast (bf16, fp16), gradients in the parameters' dtype;
+    `scaler` (fp16) scales each micro-batch's loss, so `p.grad` holds the scaled gradient.
     """
     units = task.units(yb)  # examples, or tokens for a language model
     stats: torch.Tensor | None = None
@@ -96,7 +158,8 @@ def backward_batch(
         with autocast(yb.device, dtype):
             out = task.forward(model, xm)
             loss = task.micro_loss(out, ym, units)
-        loss.backward()  # type: ignore[no-untyped-call]
+        scaled = scaler.scale(loss) if scaler is not None else loss  # fp16: the scaled loss
+        scaled.backward()  # type: ignore[no-untyped-call]
         if loss_sum is not None:
             loss_sum += loss.detach() * units
         s = task.score_stats(out.detach(), ym)
@@ -195,6 +258,8 @@ class AutogradStep:
 
     Micro-batches hold `batch_size // accumulate` examples of the epoch's batch size (set it when
     the batch size changes); a partial last batch is split into micro-batches of the same size.
+    fp16 (`dtype` float16) brings a `torch.amp.GradScaler`; `compile` runs the forward and
+    backward through `torch.compile(model)`, and eager from the first step where that raises.
     """
 
     split = True
@@ -208,24 +273,90 @@ class AutogradStep:
         accumulate: int,
         clip: float | None = None,
         dtype: torch.dtype | None = None,
+        compile: bool = False,
     ) -> None:
         self.model, self.optimizer, self.task = model, optimizer, task
         self.accumulate, self.clip, self.dtype = accumulate, clip, dtype
         self.micro: int | None = None
         self.params = list(model.parameters())
+        device = self.params[0].device if self.params else torch.device("cpu")
         # SGD takes the same arithmetic as optimizer.step() with less overhead (one group).
         self.fast_sgd = type(optimizer) is torch.optim.SGD and len(optimizer.param_groups) == 1
-        # Clipping: the clipped updates and the pre-clip norms, summed on the device (no sync).
-        self.clipped = torch.zeros((), device=self.params[0].device) if self.params else None
-        self.norm_sum = torch.zeros((), device=self.params[0].device) if self.params else None
+        # fp16's narrow range: the loss is scaled up so small gradients do not flush to zero.
+        self.scaler = (
+            torch.amp.GradScaler(device.type, init_scale=FP16_INIT_SCALE)
+            if dtype == torch.float16
+            else None
+        )
+        # The compiled module shares the model's parameters (state dicts stay the model's own);
+        # torch.compile is lazy: most failures come at the first step (`_compiled_backward`).
+        self.compiled: nn.Module | None = None
+        if compile:
+            try:
+                self.compiled = torch.compile(model)  # type: ignore[assignment]
+            except Exception as e:
+                self._compile_failed(e)
+        # Clipping: the clipped updates and the pre-clip norms, summed on the device (no sync);
+        # with fp16, the updates the scaler skipped (non-finite gradients) are left out.
+        self.clipped = torch.zeros((), device=device) if self.params else None
+        self.norm_sum = torch.zeros((), device=device) if self.params else None
+        self.skipped = torch.zeros((), device=device)
         self.updates = 0
 
     def backward(
         self, xb: Inputs, yb: torch.Tensor, loss_sum: torch.Tensor
     ) -> tuple[torch.Tensor, Units]:
         self.optimizer.zero_grad(set_to_none=True)
-        return backward_batch(
-            self.model, self.task, xb, yb, micro=self.micro, loss_sum=loss_sum, dtype=self.dtype
+        out = self._compiled_backward(xb, yb, loss_sum) if self.compiled is not None else None
+        if out is None:
+            out = backward_batch(
+                self.model,
+                self.task,
+                xb,
+                yb,
+                micro=self.micro,
+                loss_sum=loss_sum,
+                dtype=self.dtype,
+                scaler=self.scaler,
+            )
+        if self.scaler is not None:
+            # The true gradient in p.grad from here on: probes and clipping see unscaled norms.
+            self.scaler.unscale_(self.optimizer)
+        return out
+
+    def _compiled_backward(
+        self, xb: Inputs, yb: torch.Tensor, loss_sum: torch.Tensor
+    ) -> tuple[torch.Tensor, Units] | None:
+        """The batch through the compiled module; None (and eager from now on, said in one line)
+        where compiling or running it raises."""
+        assert self.compiled is not None
+        part = torch.zeros_like(loss_sum)  # added only once the whole batch went through
+        try:
+            out = backward_batch(
+                self.compiled,
+                self.task,
+                xb,
+                yb,
+                micro=self.micro,
+                loss_sum=part,
+                dtype=self.dtype,
+                scaler=self.scaler,
+            )
+        except Exception as e:  # a missing toolchain, an op inductor cannot lower, ...
+            self._compile_failed(e)
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        loss_sum += part
+        return out
+
+    def _compile_failed(self, e: Exception) -> None:
+        """Run eager from now on, and say why in one line (on stderr, as the study's notes)."""
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        self.compiled = None
+        print(
+            f"batchlab: compile: torch.compile failed ({type(e).__name__}: {first});"
+            " running eager (stored per trial)",
+            file=sys.stderr,
         )
 
     def set_batch_size(self, batch_size: int) -> None:
@@ -235,10 +366,19 @@ class AutogradStep:
         if self.clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip, foreach=True)
             assert self.clipped is not None and self.norm_sum is not None
+            if self.scaler is not None:  # a skipped step (inf/nan gradient) is no update
+                finite = norm.isfinite()
+                self.skipped += ~finite
+                norm = torch.where(finite, norm, torch.zeros_like(norm))
             self.clipped += norm > self.clip
             self.norm_sum += norm.detach()
             self.updates += 1
-        if self.fast_sgd:
+        if self.scaler is not None:
+            # Skips the update when a gradient is inf or nan (one host sync per step: the
+            # scaler reads its found-inf flag) and adapts the scale; not a divergence.
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        elif self.fast_sgd:
             sgd_step(self.optimizer, self.params)
         else:
             self.optimizer.step()
@@ -249,13 +389,18 @@ class AutogradStep:
         if self.clip is None or not self.updates:
             return []
         assert self.clipped is not None and self.norm_sum is not None
-        n = self.updates
+        n = self.updates - int(self.skipped)
+        if n == 0:  # every update since the last call was skipped by fp16's scaler
+            self.updates = 0
+            self.skipped.zero_()
+            return []
         out = [
             ProbeRecord(step, "clipping", "fraction", float(self.clipped) / n),
             ProbeRecord(step, "clipping", "grad_norm", float(self.norm_sum) / n),
         ]
         self.clipped.zero_()
         self.norm_sum.zero_()
+        self.skipped.zero_()
         self.updates = 0
         return out
 

@@ -1,9 +1,11 @@
 """The results store: SQLite (stdlib, WAL), one file, every result durable as soon as it exists.
 
 Tables: `studies` (name, spec), `trials` (resolved spec, state, lr used, provenance), `evals`
-(one row per trial per evaluation) and `checkpoints` (the latest per-epoch checkpoint of each
-unfinished trial). An evaluation row and the checkpoint taken at the same moment are written in
-one transaction, so a killed process never leaves one without the other.
+(one row per trial per evaluation), `checkpoints` (the latest per-epoch checkpoint of each
+unfinished trial) and `snapshots` (a branched design's reference checkpoints at its branch
+points, kept after the trial ends: the branches start from them). An evaluation row and the
+checkpoint taken at the same moment are written in one transaction, so a killed process never
+leaves one without the other.
 
 Several processes may share a store: a process claims a trial (`claim_trial`) in one
 transaction, which succeeds only for a WAITING trial or a RUNNING one whose owner is gone (a
@@ -30,10 +32,12 @@ from batchlab.probes import ProbeRecord
 from batchlab.trial import EvalRecord, FrozenTrial, TrialState
 
 BUSY_TIMEOUT_S = 30.0  # how long a write waits for another process's write to finish
-SCHEMA_VERSION = 2  # 2: trials.owner and trials.heartbeat_at (claims); version 1 migrates
+SCHEMA_VERSION = 3  # 2: trials.owner, trials.heartbeat_at (claims); 3: snapshots. Older migrate
 LEASE_S = 60.0
 """A claim whose owner runs on another host lapses when its heartbeat is older than this."""
 _EVAL_COLUMNS = EvalRecord.columns()
+TRIAL_TABLES = ("evals", "probes", "weights", "checkpoints", "snapshots")
+"""The tables holding a trial's rows (besides `trials`)."""
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -89,6 +93,12 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     trial_id TEXT PRIMARY KEY REFERENCES trials(trial_id),
     eval_idx INTEGER NOT NULL,
     payload BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    trial_id TEXT NOT NULL REFERENCES trials(trial_id),
+    step INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    PRIMARY KEY (trial_id, step)
 );
 CREATE TABLE IF NOT EXISTS profiles (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -516,7 +526,7 @@ class Store:
 
         def body(db: sqlite3.Connection) -> int:
             ids = "SELECT trial_id FROM trials WHERE study = ?"
-            for table in ("evals", "probes", "weights", "checkpoints"):
+            for table in TRIAL_TABLES:
                 db.execute(f"DELETE FROM {table} WHERE trial_id IN ({ids})", (name,))
             return int(db.execute("DELETE FROM trials WHERE study = ?", (name,)).rowcount)
 
@@ -537,7 +547,7 @@ class Store:
                 )
                 if cur.rowcount:
                     n += 1
-                    for table in ("evals", "probes", "weights", "checkpoints"):
+                    for table in TRIAL_TABLES:
                         db.execute(f"DELETE FROM {table} WHERE trial_id = ?", (tid,))
             return n
 
@@ -682,6 +692,9 @@ class Store:
         ).fetchone()[0]
         db.execute("DELETE FROM evals WHERE trial_id = ? AND idx > ?", (trial_id, keep))
         db.execute("DELETE FROM probes WHERE trial_id = ? AND step > ?", (trial_id, int(kept_step)))
+        db.execute(
+            "DELETE FROM snapshots WHERE trial_id = ? AND step > ?", (trial_id, int(kept_step))
+        )
         now = time.time()
         db.execute(
             "UPDATE trials SET state = ?, attempts = attempts + 1, started_at ="
@@ -758,6 +771,29 @@ class Store:
                 )
 
         return self._write(body)
+
+    def add_snapshot(
+        self, trial_id: str, step: int, payload: bytes, *, owner: str | None = None
+    ) -> None:
+        """Keep a reference trial's checkpoint at a branch point (batchlab.branched). With
+        `owner`, only while that owner holds the trial's claim (else `ClaimLost`)."""
+
+        def body(db: sqlite3.Connection) -> None:
+            self._check_claim(db, trial_id, owner)
+            db.execute(
+                "INSERT OR REPLACE INTO snapshots(trial_id, step, payload) VALUES (?,?,?)",
+                (trial_id, step, payload),
+            )
+
+        return self._write(body)
+
+    @_reads
+    def snapshot(self, trial_id: str, step: int) -> bytes | None:
+        """The checkpoint a reference trial kept at `step`, or None."""
+        row = self._db.execute(
+            "SELECT payload FROM snapshots WHERE trial_id = ? AND step = ?", (trial_id, step)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
 
     @staticmethod
     def _insert_probes(

@@ -20,6 +20,7 @@ import torch
 
 from batchlab import cpuload
 from batchlab.adaptive import run_adaptive
+from batchlab.branched import study_trials
 from batchlab.cpuload import plan_threads
 from batchlab.data import tensor_rows
 from batchlab.engine import Checkpoint, Outcome, build_model_for, train_trial
@@ -38,7 +39,12 @@ from batchlab.prepared import (
 from batchlab.probes import ProbeRecord
 from batchlab.results import DEFAULT_STORE, TRIAL_COLUMNS, Study, load_study
 from batchlab.spec import StudySpec, TrialSpec, load_spec, spec_changes
-from batchlab.step import autocast_dtype, bf16_unsupported
+from batchlab.step import (
+    autocast_dtype,
+    compile_unsupported,
+    precision_name,
+    precision_unsupported,
+)
 from batchlab.store import Store
 from batchlab.trial import EvalRecord, FrozenTrial, TrialState
 
@@ -95,6 +101,8 @@ def _run_one(
     except Exception:  # any failure of one trial is recorded, and the study goes on
         store.finish_trial(tid, TrialState.FAILED, error=traceback.format_exc())
         return TrialState.FAILED
+    if outcome.compiled is not None:  # False where a compiled step raised and it ran eager
+        store.update_provenance(tid, {"compile": outcome.compiled})
     if outcome.state == TrialState.RUNNING:  # paused at stop_at_step, checkpoint stored
         return outcome.state
     weights = outcome.weights_bytes(save=prepared.spec.save_weights)
@@ -113,11 +121,40 @@ def precision_used(spec: StudySpec, device: torch.device) -> str | dict[str, str
     """The precision trials of `spec` run with on `device` (what `engine` autocasts to): one
     value, or one per variant label when variants differ."""
     used = {
-        label: "bf16" if autocast_dtype(v.precision, device) is not None else "fp32"
+        label: precision_name(autocast_dtype(v.precision, device))
         for label, v in spec.resolved_variants()
     }
     values = set(used.values())
     return values.pop() if len(values) == 1 else used
+
+
+def compile_used(spec: StudySpec, device: torch.device) -> bool | dict[str, bool]:
+    """Whether trials of `spec` start compiled on `device` (`compile` asked and not
+    `compile_unsupported`): one value, or one per variant label when variants differ. A trial
+    whose compiled step raises runs eager, and its provenance says `compile` false."""
+    used = {
+        label: v.compile and compile_unsupported(device.type) is None
+        for label, v in spec.resolved_variants()
+    }
+    values = set(used.values())
+    return values.pop() if len(values) == 1 else used
+
+
+def execution_notes(spec: StudySpec, device: torch.device) -> list[str]:
+    """One line per setting that `device` cannot run as asked, and what runs instead."""
+    notes = []
+    for precision in ("bf16", "fp16"):
+        if any(v.precision == precision for _, v in spec.resolved_variants()):
+            why = precision_unsupported(precision, device.type)
+            if why is not None:
+                notes.append(
+                    f"precision: {precision} asked, but {why}; running fp32 (stored per trial)"
+                )
+    if any(v.compile for _, v in spec.resolved_variants()):
+        why = compile_unsupported(device.type)
+        if why is not None:
+            notes.append(f"compile: asked, but {why}; running eager (stored per trial)")
+    return notes
 
 
 def run_study(
@@ -164,16 +201,13 @@ def run_study(
     # a busy machine (batchlab.cpuload); read once the spec is valid, recorded with every trial.
     plan = plan_threads(spec.threads, default=torch.get_num_threads(), load=cpuload.read_load())
     notes = [plan.warning] if plan.warning is not None else []
-    if any(v.precision == "bf16" for _, v in spec.resolved_variants()):
-        why = bf16_unsupported(prepared.device.type)
-        if why is not None:
-            notes.append(f"precision: bf16 asked, but {why}; running fp32 (stored per trial)")
+    notes += execution_notes(spec, prepared.device)
     threads_before = torch.get_num_threads()
     if plan.threads != threads_before:
         torch.set_num_threads(plan.threads)
     try:
         prepared = replace(prepared, cores=plan.cores)
-        trials = spec.trials(n_train=prepared.data.n_train)
+        trials = study_trials(spec, prepared.data.n_train)
         verdict = accumulation_check(prepared)
         code = code_fingerprints(spec)
         with Store(store) as s:
@@ -208,12 +242,17 @@ def run_study(
             prov = provenance(prepared.device)
             prov["task"] = task_provenance(prepared.data)
             prov["precision"] = precision_used(spec, prepared.device)
+            prov["compile"] = compile_used(spec, prepared.device)
             if spec.adaptive is not None:  # successive halving over the grid: batchlab.adaptive
                 run_adaptive(s, trials, prepared, reporter, prov, run_one=_run_one)
                 todo = []
-            run_trials(
-                s, todo, prepared, reporter, prov
-            )  # claimed one by one; see batchlab.executors
+            # Claimed one by one (batchlab.executors); a branched design's branches once
+            # every reference trial has finished, here or in another process.
+            references = [t for t in todo if t.branch is None]
+            run_trials(s, references, prepared, reporter, prov)
+            branches = [t for t in todo if t.branch is not None]
+            if branches:
+                run_trials(s, branches, prepared, reporter, prov)
             reporter.study_finished()
     finally:  # the process's own thread count again, for the caller and the next study
         torch.set_num_threads(threads_before)

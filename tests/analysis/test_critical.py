@@ -409,3 +409,14 @@ def test_without_a_validation_split_the_default_target_is_on_test_and_says_so() 
     assert fit.target.metric == "test_acc"
     assert [p.lr_base for p in fit.points] == [0.3] * len(BATCHES)
     assert fit.selection.on_test and fit.selection.why == "no validation split"
+
+
+def test_select_trials_leaves_controls_and_branches_out() -> None:
+    from batchlab.analysis.critical import select_trials
+
+    sweep = [trial(b, (ev(0, 0, b, 0.0),)) for b in (8, 16)]
+    control = replace(sweep[1], trial_id="c", params={**sweep[1].params, "control": True})
+    branch_info = {"reference": sweep[0].trial_id, "point": 0, "step": 1, "samples": 8,
+                   "window": 64, "lr_factor": 1.0}  # fmt: skip
+    branch = replace(sweep[0], trial_id="br", batch_size=64, params={"branch": branch_info})
+    assert select_trials([*sweep, control, branch]) == ("", sweep)

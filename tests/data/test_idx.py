@@ -84,3 +84,21 @@ def test_missing_files_say_where_they_looked_and_how_to_fix(
     for where in ("cli", "env", "system"):
         assert str(tmp_path / where) in msg
     assert "apt-get install dataset-fashion-mnist" in msg
+
+
+def test_idx_images_scale_and_standardize_bit_for_bit(tmp_path: Path) -> None:
+    # The loader divides and standardizes in place: the same bits as the reference formula
+    # (x / 255 in float32, then (x - mean) / std with the training set's statistics).
+    import torch
+
+    from batchlab.data import load_idx_dataset
+
+    write_fake_mnist(tmp_path, n_train=300, n_test=40)
+    raw = load_idx_dataset("kmnist", tmp_path, system=None)
+    pixels = {k: read_idx(tmp_path / f"{s}.gz") for k, s in IDX_FILES.items()}
+    x_train = torch.as_tensor(pixels["x_train"][:, None].astype(np.float32) / 255.0)
+    x_test = torch.as_tensor(pixels["x_test"][:, None].astype(np.float32) / 255.0)
+    mean, std = x_train.mean(), x_train.std().clamp_min(1e-8)
+    for got, want in ((raw.x_train, (x_train - mean) / std), (raw.x_test, (x_test - mean) / std)):
+        assert isinstance(got, torch.Tensor) and got.dtype == torch.float32
+        assert torch.equal(got.view(torch.int32), want.view(torch.int32))

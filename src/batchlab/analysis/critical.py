@@ -409,8 +409,9 @@ def _best_points(cells: Sequence[_Cell]) -> list[BatchPoint]:
 def select_trials(
     trials: Iterable[FrozenTrial], variant: str | None = None
 ) -> tuple[str, list[FrozenTrial]]:
-    """The sweep's trials (controls left out) of one variant; several variants need `variant`."""
-    sweep = [t for t in trials if not t.params.get("control")]
+    """The sweep's trials (controls and a branched design's branches left out) of one variant;
+    several variants need `variant`."""
+    sweep = [t for t in trials if not t.params.get("control") and not t.params.get("branch")]
     variants = sorted({str(t.params.get("variant", "")) for t in sweep})
     if variant is None:
         if len(variants) > 1:

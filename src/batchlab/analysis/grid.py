@@ -84,7 +84,7 @@ class Band:
 def cells(trials: Iterable[FrozenTrial]) -> list[Cell]:
     groups: dict[tuple[str, int, float], list[FrozenTrial]] = {}
     for t in trials:
-        if t.params.get("control"):
+        if t.params.get("control") or t.params.get("branch"):  # not runs of the grid
             continue
         key = (str(t.params.get("variant", "")), t.batch_size, t.lr_base)
         groups.setdefault(key, []).append(t)

@@ -203,7 +203,8 @@ def _standardize(raw: RawData) -> RawData:
     """Scale inputs by the training set's mean and std (computed, not hard-coded)."""
     x_train, x_test = Dataset._tensor(raw.x_train).float(), Dataset._tensor(raw.x_test).float()
     mean, std = x_train.mean(), x_train.std().clamp_min(1e-8)
-    return replace(raw, x_train=(x_train - mean) / std, x_test=(x_test - mean) / std)
+    # (x - mean) / std, the division in place on the difference: one new array each, not two
+    return replace(raw, x_train=(x_train - mean).div_(std), x_test=(x_test - mean).div_(std))
 
 
 def idx_search_dirs(data_dir: Path | None, *, system: Path | None) -> list[Path]:
@@ -244,14 +245,15 @@ def load_idx_dataset(name: str, data_dir: Path | None, *, system: Path | None) -
     x_train, x_test = arrays["x_train"], arrays["x_test"]
     if x_train.ndim == 3:  # images N x H x W -> N x 1 x H x W
         x_train, x_test = x_train[:, None], x_test[:, None]
-    raw = _as_raw(
-        x_train.astype(np.float32) / 255.0,
-        arrays["y_train"],
-        x_test.astype(np.float32) / 255.0,
-        arrays["y_test"],
-        where=name,
-    )
+    raw = _as_raw(_unit(x_train), arrays["y_train"], _unit(x_test), arrays["y_test"], where=name)
     return _standardize(raw)
+
+
+def _unit(pixels: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """Pixels / 255 as float32, divided in place: one array of the decoded size, not two."""
+    out = pixels.astype(np.float32)
+    out /= 255.0  # float32 / 255 elementwise, bit for bit `pixels.astype(np.float32) / 255.0`
+    return out
 
 
 def _fashion_mnist(args: Mapping[str, Any], data_dir: Path | None) -> RawData:

@@ -85,6 +85,7 @@ def run_trials(
     # on tensors held on the device, and run in this process.
     fuses = isinstance(prepared.data.task, Classification) and prepared.data.on_device
     wanted = spec.fuse is True or (spec.fuse == "auto" and prepared.device.type == "cuda")
+    wanted = wanted and spec.branched is None  # branches start from stored checkpoints
     if where.in_process and fuses and wanted:
         order = run_fused_groups(store, order, prepared, reporter, provenance)
     try:

@@ -86,6 +86,12 @@ class Evaluated:
 
 
 @dataclass(frozen=True)
+class Snapshotted:
+    step: int  # a reference trial's checkpoint at a branch point (batchlab.branched)
+    checkpoint: bytes
+
+
+@dataclass(frozen=True)
 class Progressed:
     progress: Progress
 
@@ -97,6 +103,7 @@ class Finished:
     probes: list[ProbeRecord] = field(default_factory=list)
     weights: bytes | None = None
     error: str | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)  # how it ran: merged when stored
 
 
 @dataclass(frozen=True)
@@ -104,7 +111,7 @@ class WorkerLost:
     reason: str
 
 
-Event = Started | Evaluated | Progressed | Finished | WorkerLost
+Event = Started | Evaluated | Snapshotted | Progressed | Finished | WorkerLost
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,6 +123,7 @@ class Job:
     resume: bytes | None
     save_weights: bool
     executor: str
+    start: bytes | None = None  # a branch trial's reference checkpoint (batchlab.branched)
 
 
 class _Cancelled(BaseException):
@@ -151,6 +159,8 @@ def run_job(job: Job, data: Dataset, device: torch.device, emit: Callable[[Event
             on_eval=on_eval,
             resume=Checkpoint.from_bytes(job.resume) if job.resume is not None else None,
             on_progress=lambda p: emit(Progressed(p)),
+            start=Checkpoint.from_bytes(job.start) if job.start is not None else None,
+            on_snapshot=lambda step, ckpt: emit(Snapshotted(step, ckpt.to_bytes())),
         )
     except (ClaimLost, StoreError, BrokenPipeError, EOFError):
         # The driver is gone, no longer owns the trial, or cannot write the store (locked,
@@ -160,7 +170,17 @@ def run_job(job: Job, data: Dataset, device: torch.device, emit: Callable[[Event
         emit(Finished(TrialState.FAILED, error=traceback.format_exc()))
         return
     weights = outcome.weights_bytes(save=job.save_weights)
-    emit(Finished(outcome.state, outcome.diverged_step, outcome.probes, weights, outcome.reason))
+    ran = {"compile": outcome.compiled} if outcome.compiled is not None else {}  # or eager
+    emit(
+        Finished(
+            outcome.state,
+            outcome.diverged_step,
+            outcome.probes,
+            weights,
+            outcome.reason,
+            provenance=ran,
+        )
+    )
 
 
 # ---- backends: where jobs run ------------------------------------------------------------------

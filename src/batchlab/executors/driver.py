@@ -28,6 +28,7 @@ from batchlab.executors.base import (
     Finished,
     Job,
     Progressed,
+    Snapshotted,
     Started,
     threads_for,
 )
@@ -201,6 +202,9 @@ class Driver:
         if claim is None:
             return False
         _, payload = claim
+        start = None
+        if trial.branch is not None and payload is None:  # a fresh branch: its reference's state
+            start = self.store.snapshot(trial.branch.reference, trial.branch.step)
         self.running[trial.trial_id] = _Running(trial, tries + 1)
         self.reporter.trial_started(trial, planned_steps(trial, n_train))
         self.backend.submit(
@@ -210,6 +214,7 @@ class Driver:
                 resume=payload,
                 save_weights=trial.study.save_weights,
                 executor=trial.study.executor if not self.in_process else "in-process",
+                start=start,
             )
         )
         return True
@@ -239,10 +244,14 @@ class Driver:
             s.update_provenance(tid, event.info)
         elif isinstance(event, Evaluated):
             s.add_eval(tid, event.record, event.checkpoint, event.probes, owner=owner)
+        elif isinstance(event, Snapshotted):
+            s.add_snapshot(tid, event.step, event.checkpoint, owner=owner)
         elif isinstance(event, Progressed):
             if len(self.running) == 1:  # one bar per trial; live steps only when unambiguous
                 self.reporter.trial_progress(event.progress)
         elif isinstance(event, Finished):
+            if event.provenance:
+                s.update_provenance(tid, event.provenance)
             s.finish_trial(
                 tid,
                 event.state,

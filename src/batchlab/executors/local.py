@@ -31,6 +31,7 @@ from batchlab.executors.base import (
     run_job,
     usable_cores,
 )
+from batchlab.nodynamo import skip_dynamo_import
 from batchlab.prepared import PreparedStudy
 from batchlab.spec import StudySpec
 
@@ -94,6 +95,7 @@ def worker_entry() -> None:
     # The driver's key lets this process fetch the dataset's shared-memory file descriptors.
     mp.current_process().authkey = bytes.fromhex(os.environ.pop(_KEY_ENV))
     conn = Connection(int(sys.argv[-1]))
+    skip_dynamo_import()  # this process compiles no optimizer code
     data, device_name = conn.recv()
     _worker_main(conn, data, device_name)
 

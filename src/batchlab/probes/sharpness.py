@@ -18,7 +18,6 @@ from typing import ClassVar
 import numpy as np
 import numpy.typing as npt
 import torch
-from scipy.optimize import Bounds, minimize
 from torch import nn
 
 from batchlab.batch import Inputs
@@ -61,6 +60,8 @@ def sharpness(
 
     The model is not modified (the perturbed weights go through `functional_call`).
     """
+    from scipy.optimize import Bounds, minimize  # here: spec validation imports every probe
+
     with isolated(model, train=False):
         w0, f = flat_loss(model, loss_fn, x, y)
         a = None if subspace is None else subspace.to(device=w0.device, dtype=w0.dtype)

@@ -19,6 +19,17 @@ from batchlab.trial import FrozenTrial, TrialState
 BAND = "mean ± 1 standard deviation over seeds (sample std, ddof=1; no band with one seed)"
 
 
+def is_branch(t: FrozenTrial) -> bool:
+    """A branched design's branch trial (`params["branch"]`): a short run from a reference's
+    stored state, not part of the sweep; only the branched figure reads them."""
+    return t.params.get("branch") is not None
+
+
+def sweep_trials(study: StudyLike) -> list[FrozenTrial]:
+    """A study's trials without its branch trials (the sweep, with any controls)."""
+    return [t for t in study.trials if not is_branch(t)]
+
+
 @dataclass(frozen=True, kw_only=True, order=True)
 class SeriesKey:
     """One line in a figure against batch size: a study at one base learning rate."""
@@ -171,7 +182,7 @@ def cells(studies: Sequence[StudyLike]) -> list[Cell]:
     """One cell per (study, lr_base, batch size) that has any trial, in study, lr, b order."""
     groups: dict[tuple[int, float, int], list[FrozenTrial]] = {}
     for i, study in enumerate(studies):
-        for t in study.trials:
+        for t in sweep_trials(study):
             groups.setdefault((i, t.lr_base, t.batch_size), []).append(t)
     out = []
     for (i, lr_base, b), trials in sorted(groups.items()):
@@ -219,5 +230,5 @@ def series_keys(studies: Sequence[StudyLike]) -> list[SeriesKey]:
 
 
 def batch_sizes(studies: Sequence[StudyLike]) -> list[int]:
-    """Every batch size any trial used, ascending."""
-    return sorted({t.batch_size for s in studies for t in s.trials})
+    """Every batch size any trial of the sweep used, ascending."""
+    return sorted({t.batch_size for s in studies for t in sweep_trials(s)})

@@ -2,8 +2,8 @@
 
 `STUDY_FIGURES` need only the trials of an equal-budget sweep; `DESIGN_FIGURES` show study
 designs (an lr grid, control runs, variants, schedules), `PROBE_FIGURES` probe records and
-`ANALYSIS_FIGURES` fits over the study (the critical batch size) and the hardware profile
-of its model. A
+`ANALYSIS_FIGURES` fits over the study (the critical batch size, the scaling regimes, a
+branched design's critical batch size over training) and the hardware profile of its model. A
 figure whose data a study lacks is left out of its report.
 """
 
@@ -14,6 +14,7 @@ from typing import Any
 from batchlab.report.figure import Figure
 from batchlab.report.figures import (
     accuracy,
+    branched,
     cost,
     critical,
     curves,
@@ -29,6 +30,7 @@ from batchlab.report.figures import (
     probes_histograms,
     probes_noise,
     probes_sharpness,
+    regimes,
     throughput,
 )
 
@@ -53,7 +55,12 @@ PROBE_FIGURES: tuple[Figure[Any], ...] = (
     probes_distance.FIGURE,
     probes_histograms.FIGURE,
 )
-ANALYSIS_FIGURES: tuple[Figure[Any], ...] = (critical.FIGURE, hardware.FIGURE)
+ANALYSIS_FIGURES: tuple[Figure[Any], ...] = (
+    critical.FIGURE,
+    regimes.FIGURE,
+    branched.FIGURE,
+    hardware.FIGURE,
+)
 DEFAULT_FIGURES: tuple[Figure[Any], ...] = (
     STUDY_FIGURES + DESIGN_FIGURES + PROBE_FIGURES + ANALYSIS_FIGURES
 )

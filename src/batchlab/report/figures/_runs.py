@@ -2,10 +2,11 @@
 
 A *run* is a COMPLETE trial with an evaluation. Control runs (`params["control"]`, given the
 updates of the smallest batch size) are kept apart from the equal-budget sweep: only the budget
-figure reads them. A *line key* is (study, variant); with several learning rates each batch size
-of a line is shown at its best lr_base (highest mean final validation score over seeds; test
-score for a study without a validation split), as in the curves figure. Probe records come from
-studies that are a `ProbeSource`.
+figure reads them. Branch trials (`params["branch"]`) are never runs of the sweep: only the
+branched figure reads them. A *line key* is (study, variant); with several learning rates each
+batch size of a line is shown at its best lr_base (highest mean final validation score over
+seeds; test score for a study without a validation split), as in the curves figure. Probe
+records come from studies that are a `ProbeSource`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pandas as pd
 from batchlab.analysis.selection import Selection
 from batchlab.report._types import ProbeSource, StudyLike
 from batchlab.report.figures._lines import Line
+from batchlab.report.stats import sweep_trials
 from batchlab.trial import FrozenTrial, TrialState
 
 PROBE_COLUMNS = ["trial_id", "step", "probe", "key", "value"]
@@ -74,8 +76,9 @@ def line_key(t: FrozenTrial) -> LineKey:
 
 
 def sweep_runs(studies: Sequence[StudyLike], *, control: bool = False) -> list[FrozenTrial]:
-    """COMPLETE trials with evaluations: the sweep (or, with `control=True`, the controls)."""
-    return [t for s in studies for t in s.trials if is_run(t) and is_control(t) == control]
+    """COMPLETE trials with evaluations: the sweep (or, with `control=True`, the controls);
+    never a branch trial."""
+    return [t for s in studies for t in sweep_trials(s) if is_run(t) and is_control(t) == control]
 
 
 def best_runs(runs: Sequence[FrozenTrial]) -> dict[tuple[LineKey, int], list[FrozenTrial]]:

@@ -26,6 +26,7 @@ from batchlab.report.figures._lines import (
     render_lines_matplotlib,
     render_lines_plotly,
 )
+from batchlab.report.stats import sweep_trials
 from batchlab.tasks.base import TaskInfo
 
 CURVE_POINTS = 60
@@ -34,7 +35,7 @@ CURVE_POINTS = 60
 def _fits(studies: Sequence[StudyLike]) -> tuple[list[tuple[str, CriticalFit]], list[str]]:
     fits, failed = [], []
     for s in studies:
-        sweep = [t for t in s.trials if not t.params.get("control")]
+        sweep = [t for t in sweep_trials(s) if not t.params.get("control")]
         for variant in sorted({str(t.params.get("variant", "")) for t in sweep}):
             label = " · ".join(p for p in (s.name if len(studies) > 1 else "", variant) if p)
             try:

@@ -31,7 +31,7 @@ from batchlab.report.figures._style import (
     plotly_log_axis,
 )
 from batchlab.report.palette import Palette, mpl_text, plotly_text
-from batchlab.report.stats import cells
+from batchlab.report.stats import cells, sweep_trials
 from batchlab.tasks.base import TaskInfo
 from batchlab.trial import EvalRecord, FrozenTrial, TrialState
 
@@ -110,7 +110,9 @@ def _average(
 
 def extract_curves(studies: Sequence[StudyLike]) -> CurvesData | None:
     """Per (study, batch size): the seed-mean curves of the best lr_base's COMPLETE trials."""
-    done = [t for s in studies for t in s.trials if t.state is TrialState.COMPLETE and t.evals]
+    done = [
+        t for s in studies for t in sweep_trials(s) if t.state is TrialState.COMPLETE and t.evals
+    ]
     if not done:
         return None
     task = task_of(studies)
@@ -128,7 +130,7 @@ def extract_curves(studies: Sequence[StudyLike]) -> CurvesData | None:
     multi_lr = len({t.lr_base for t in done}) > 1
     curves = []
     for study in studies:
-        for b in sorted({t.batch_size for t in study.trials}):
+        for b in sorted({t.batch_size for t in sweep_trials(study)}):
             if (study.name, b) not in best:
                 continue
             lr_base = best[(study.name, b)]

@@ -14,7 +14,7 @@ from batchlab.report._types import StudyLike, task_of
 from batchlab.report.figure import Figure
 from batchlab.report.figures._style import plotly_layout
 from batchlab.report.palette import Palette, mpl_text, plotly_text
-from batchlab.report.stats import trial_final
+from batchlab.report.stats import sweep_trials, trial_final
 from batchlab.tasks.base import TaskInfo
 from batchlab.trial import TrialState
 
@@ -40,7 +40,7 @@ def extract_parallel(studies: Sequence[StudyLike]) -> ParallelData | None:
     task = task_of(studies)
     names = [s.name for s in studies]
     rows = []
-    for t in (t for s in studies for t in s.trials if t.state is TrialState.COMPLETE):
+    for t in (t for s in studies for t in sweep_trials(s) if t.state is TrialState.COMPLETE):
         f = trial_final(t)
         row = (f.batch_size, f.lr, f.train_time_s, f.train_loss, task.score_scale * f.test_acc)
         if all(math.isfinite(v) for v in row) and f.lr > 0 and f.train_time_s > 0:
