@@ -25,6 +25,7 @@ from batchlab.report.figure import Figure
 from batchlab.report.figures import (
     accuracy,
     branched,
+    curves,
     designs_budget,
     designs_schedules,
     designs_stability,
@@ -48,6 +49,7 @@ FIGURES: dict[str, Figure[Any]] = {
     "lr-grid": designs_stability.FIGURE,
     "sharpness": probes_sharpness.FIGURE,
     "lm-quick": accuracy.FIGURE,
+    "lm-critical": curves.FIGURE,
     "resnet-quick": designs_variants.FIGURE,
     "branched": branched.FIGURE,
 }

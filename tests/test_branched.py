@@ -203,6 +203,10 @@ def test_a_branch_without_its_checkpoint_says_why(make_spec: SpecFactory) -> Non
         ({"lrs": [0.1, 0.2]}, "give one batch size and one lr"),
         ({"budget": {"seconds": 3}}, "not seconds"),
         ({"val_fraction": 0.0}, "val_fraction > 0"),
+        (
+            {"branched": {"points": 1}},
+            "'branched.points': Input should be greater than or equal to 2",
+        ),
         ({"variants": [{"label": "a", "momentum": 0.5}]}, "not with variants"),
     ],
 )
@@ -294,6 +298,90 @@ def test_schedule_prints_a_warmup_and_validates_it(
     lines = out.split("br-validation")[0]
     parsed = tomllib.loads(lines[: lines.rindex("\n")])
     assert parsed["batch_sizes"] == [8]
-    assert "constant 8" in out and "to the reference's final val loss" in out
+    assert "constant 8" in out and "each seed's reference final val loss" in out
     with Store.open_existing(store_path) as s:
         assert "br-validation" in s.study_names()
+
+
+def test_a_pool_of_workers_runs_the_branches_with_the_same_numbers(
+    make_spec: SpecFactory, tmp_path: Path
+) -> None:
+    raw = {**branched_spec(make_spec, batch_sizes=[16, 32], points=2), "threads": 1}
+    one = run_study(raw, store=tmp_path / "one.db")
+    pool = run_study({**raw, "workers": 2}, store=tmp_path / "pool.db")
+    assert [t.trial_id for t in pool.trials] == [t.trial_id for t in one.trials]
+    assert all(t.state is TrialState.COMPLETE for t in pool.trials)
+    assert [metrics(list(t.evals)) for t in pool.trials] == [
+        metrics(list(t.evals)) for t in one.trials
+    ]
+
+
+# ---- known answers, by training ----------------------------------------------------------------
+
+
+def test_without_gradient_noise_cbs20_is_the_perfect_scaling_limit(
+    make_spec: SpecFactory, tmp_path: Path
+) -> None:
+    """Every example the same: every batch size computes the same gradient, so each takes the
+    same steps to any target, E(B) = B S, and E(B) / E(b_min) = B / b_min reaches 1.2 at
+    B = 1.2 b_min (B_noise = 0, so B_crit = 0: no fit)."""
+    import numpy as np
+
+    from batchlab.analysis.branched import branched_critical
+
+    x = np.tile(np.array([[0.5, -1.0, 2.0, 0.25]], dtype=np.float32), (600, 1))
+    y = np.ones(600, dtype=np.float32)
+    path = tmp_path / "same.npz"
+    np.savez(path, x_train=x[:512], y_train=y[:512], x_test=x[:88], y_test=y[:88])
+    raw = make_spec(
+        name="noiseless",
+        dataset=f"npz:{path}",
+        dataset_args={},
+        model_args={"widths": [8]},
+        batch_sizes=[8],
+        lrs=[0.02],
+        budget={"epochs": 2},
+        seeds=[0],
+        # at 8x the batch, reaching the target takes 8x the samples: reach must allow it
+        branched={"batch_sizes": [16, 32, 64], "points": 2, "first": 0.25, "reach": 10},
+    )
+    study = run_study(raw, store=tmp_path / "s.db")
+    result = branched_critical(study.trials)
+    for p in result.points:
+        steps = [b.steps for b in p.batches]
+        assert all(b.reached for b in p.batches)
+        assert max(steps) / min(steps) < 1.02  # the same steps at every batch size
+        # 1.2 b_min = 9.6; interpolating E(B) / E(8) = B / 8 in log B between 8 and 16 gives
+        # 8 x 2**0.2 = 9.19: within 5%
+        assert p.cbs20 == pytest.approx(1.2 * 8, rel=0.05)
+        assert p.b_crit is None or p.b_crit < 8
+
+
+def test_in_the_small_lr_limit_linear_scaling_is_perfect(
+    make_spec: SpecFactory, tmp_path: Path
+) -> None:
+    """At a small lr, batch k B at lr k eta makes the progress of k steps at batch B and lr eta
+    (to first order in eta): the samples to any target do not grow with the batch, so CBS_20
+    and B_crit lie above every batch size measured."""
+    from batchlab.analysis.branched import branched_critical
+
+    raw = make_spec(
+        name="small-lr",
+        dataset_args={"kind": "regression", "n_train": 1024, "n_test": 256, "dim": 8},
+        model_args={"widths": []},
+        batch_sizes=[8],
+        lrs=[0.002],
+        reference_batch_size=8,
+        lr_scaling="linear",
+        budget={"epochs": 2},
+        seeds=[0, 1],
+        threads=1,
+        branched={"batch_sizes": [16, 32, 64], "points": 2, "first": 0.25},
+    )
+    result = branched_critical(run_study(raw, store=tmp_path / "s.db").trials)
+    for p in result.points:
+        samples = [b.samples for b in p.batches]
+        assert all(b.reached for b in p.batches)
+        assert max(samples) / min(samples) < 1.05
+        assert p.cbs20 is None and p.cbs20_above == 64
+        assert p.b_crit is None and "perfect scaling" in p.note

@@ -37,6 +37,25 @@ SPECIAL = {
         "budget.samples=64",
         "device='cpu'",
     ],
+    "branched.toml": [  # one reference batch size, branches at two more
+        "train_subset=600",
+        "val_fraction=0.05",
+        "batch_sizes=[8]",
+        "budget.epochs=1",
+        "seeds=[0]",
+        "probes=[]",
+        "branched={batch_sizes=[16, 32], points=2}",
+        "device='cpu'",
+    ],
+    "lm-critical.toml": [
+        "train_subset=64",
+        "dataset_args={context=16, test_fraction=0.02}",
+        "model_args={layers=1, heads=2, width=16}",
+        "batch_sizes=[8, 32]",
+        "seeds=[0]",
+        "budget.samples=128",
+        "device='cpu'",
+    ],
 }
 
 

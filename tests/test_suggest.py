@@ -215,6 +215,7 @@ def test_suggest_stays_within_its_compute_budget(tmp_path: Path) -> None:
     n = round(640 * 0.9)
     ref_samples = 5 * 2 * 2 * 20 * n  # 5 batch sizes x 2 lrs x 2 seeds x 20 epochs
     c = sug.compute
+    assert sug.method == "noise" and sug.run is not None and sug.noise is not None
     assert sug.n_train == n and c.reference_samples == ref_samples
     profile = sum(r.batch_size * (1 + r.steps_timed) for r in sug.profile.rows)
     assert c.profile_samples == profile
@@ -314,5 +315,5 @@ def test_default_reference_on_a_small_dataset_fits_the_budget() -> None:
     assert ref.source == "seed-sweep preset" and ref.batch_sizes[-1] == 2048
     assert ref.samples == 9 * 25 * sug.n_train
     assert max(r.batch_size for r in sug.profile.rows) <= sug.n_train
-    assert 4 <= len(sug.run.measurements) < 40
+    assert sug.run is not None and 4 <= len(sug.run.measurements) < 40
     assert sug.compute.fraction <= 0.05

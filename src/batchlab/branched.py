@@ -44,7 +44,7 @@ def branch_points(trial: TrialSpec, n_train: int) -> list[int]:
         return []
     total = TrialPlan(trial, n_train).total_steps
     assert total is not None  # the spec refuses a wall-clock budget for a branched design
-    fractions = np.geomspace(cfg.first, 1.0, cfg.points) if cfg.points > 1 else np.ones(1)
+    fractions = np.geomspace(cfg.first, 1.0, cfg.points)
     return sorted({min(total, max(1, round(float(f) * total))) for f in fractions})
 
 

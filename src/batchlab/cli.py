@@ -782,6 +782,11 @@ def _branched_critical(study: Study, *, as_json: bool) -> None:
         " samples to the target exceed perfect scaling from the smallest batch by 20% (Zhang"
         " et al.); targets are validation losses."
     )
+    if per:
+        click.echo(
+            f"Batch sizes are in sequences of {per:g} tokens: times {per:g} for tokens per batch"
+            " (--json has both)."
+        )
     if result.ci_note:
         click.echo(result.ci_note)
     if result.failed:
@@ -840,22 +845,39 @@ def schedule_cmd(name: str, store: Path, validate: bool) -> None:
         )
     if not refs or not all(t.state is TrialState.COMPLETE for t in refs):
         raise SpecError(f"schedule --validate: study {name!r}: its reference runs did not complete")
-    target = sum(t.evals[-1].val_loss for t in refs) / len(refs)
+    targets = {t.seed: t.evals[-1].val_loss for t in refs}
     spec = validation_spec(stored, warmup, largest)
     checked = run_study(spec, store=store, reporter=LineReporter(store))
-    table = Table(title=f"{spec['name']}: to the reference's final val loss {target:.4g}")
-    for col in ("run", "seeds reached", "steps", "samples", "time (s)", "final val loss"):
+    rows = validation_rows(checked.trials, targets)
+    small = next((r for r in rows if r.variant == f"constant {warmup.start}"), None)
+    table = Table(
+        title=f"{spec['name']}: equal samples; target: each seed's reference final val loss"
+    )
+    cols = ("run", "final val loss", "updates", "vs constant", "reached", "steps to it")
+    for col in (*cols, "samples to it", "time to it (s)"):
         table.add_column(col, justify="right")
-    for row in validation_rows(checked.trials, target):
+    for row in rows:
+        fewer = (
+            f"{row.total_steps / small.total_steps - 1:+.0%}"
+            if small is not None and row is not small and small.total_steps > 0
+            else "—"
+        )
         table.add_row(
             row.variant,
-            f"{row.reached}/{row.seeds}",
-            f"{row.steps:.0f}",
-            f"{row.samples:,.0f}",
-            f"{row.time_s:.3g}",
             f"{row.final_val_loss:.4g}",
+            f"{row.total_steps:,.0f}",
+            fewer if row is not small else "(reference)",
+            f"{row.reached}/{row.seeds}",
+            f"{row.steps:,.0f}" if row.reached else "—",
+            f"{row.samples:,.0f}" if row.reached else "—",
+            f"{row.time_s:.3g}" if row.reached else "—",
         )
     _out().print(table)
+    click.echo(
+        f"'vs constant': updates against the constant batch {warmup.start} (negative: fewer)."
+        " A run reaches the target when its validation loss first falls to its seed's"
+        " reference final loss (interpolated between evaluations)."
+    )
 
 
 @cli.command("critical")
@@ -904,9 +926,11 @@ def critical_cmd(
     except CriticalBatchError as err:
         regimes_reason = str(err).removeprefix("scaling regimes: ")
     untuned = untuned_batch_sizes(fit.points, [t for t in chosen if not t.params.get("control")])
+    info = study.task  # a language model's batch is also B x tokens per sequence
+    per_sample = info.tokens_per_sample if info.unit != "example" else None
     if as_json:
         payload = {
-            **fit.to_dict(),
+            **fit.to_dict(tokens_per_sample=per_sample),
             "selection": {**fit.selection.to_dict(), "note": note},
             "noise_scale": None if noise is None else noise.to_dict(),
             "regimes": None if regimes is None else regimes.to_dict(),
@@ -918,25 +942,31 @@ def critical_cmd(
     if note:
         click.echo(note)
     table = Table(title=f"{name}: steps to {fit.target.describe()} (= {fit.threshold:.4g})")
-    cols = ("batch size", "lr", "seeds", "steps S", "samples E", "S / perfect", "fit S")
+    cols: tuple[str, ...] = ("batch size", "lr", "seeds", "steps S", "samples E")
+    cols += ("S / perfect", "fit S")
+    if per_sample is not None:
+        cols = (*cols[:5], f"{info.unit}s E", *cols[5:])
     for col in (*cols, "time (s)"):
         table.add_column(col, justify="right")
     # S / perfect scaling S(B_0) B_0 / B from the smallest batch size B_0 reaching the target
     e0 = fit.points[0].steps * fit.points[0].batch_size if fit.points else 0.0
     for p in fit.points:
+        tokens = () if per_sample is None else (f"{p.samples * per_sample:,.0f}",)
         table.add_row(
             str(p.batch_size),
             lr_text(p.lr),
             str(p.seeds),
             f"{p.steps:.1f}",
             f"{p.samples:.0f}",
+            *tokens,
             f"{p.steps * p.batch_size / e0:.2f}" if e0 > 0 else "—",
             f"{fit.steps_at(p.batch_size):.1f}" if isinstance(fit, CriticalFit) else "—",
             f"{p.time_s:.3g}",
         )
     for b in fit.unreached:
         fitted = f"{fit.steps_at(b):.1f}" if isinstance(fit, CriticalFit) else "—"
-        table.add_row(str(b), "—", "—", "not reached", "—", "—", fitted, "—")
+        dashes = ("—",) * (2 if per_sample is None else 3)
+        table.add_row(str(b), "—", "—", "not reached", *dashes, fitted, "—")
     console = _out()
     console.print(table)
     if regimes is None:
@@ -963,6 +993,14 @@ def critical_cmd(
         + (f" (95% CI {ci.lo:.4g} .. {ci.hi:.4g}, {fit.n_boot} resamples)" if ci else "")
         + (f"; {fit.ci_note}" if fit.ci_note else "")
     )
+    if per_sample is not None:  # the same fit in tokens: B sequences are B x per_sample tokens
+        k, unit = per_sample, f"{info.unit}s"
+        click.echo(
+            f"B_crit in {unit} = {fit.b_crit:.4g} x {k:g} {unit} per sample ="
+            f" {fit.b_crit * k:,.0f} {unit} per batch"
+            + (f" (95% CI {ci.lo * k:,.0f} .. {ci.hi * k:,.0f})" if ci else "")
+            + f"; E_min = {fit.e_min * k:,.0f} {unit}"
+        )
     if fit.caveat():
         click.echo(fit.caveat())
     if noise is not None:
@@ -1140,7 +1178,18 @@ def _json_object(text: str, flag: str) -> dict[str, Any]:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Study spec of the full sweep this replaces (default: the seed-sweep preset's grid).",
 )
-@click.option("--budget-fraction", default=0.05, show_default=True, help="Of the sweep's compute.")
+@click.option(
+    "--method",
+    default="noise",
+    show_default=True,
+    help="noise (B_crit ~ the noise scale of a short run) or branched (B_crit by branching).",
+)
+@click.option(
+    "--budget-fraction",
+    type=float,
+    help="Of the sweep's compute (default: 0.05 for noise, 0.10 for branched).",
+)
+@click.option("--task", help="e.g. language-model (default: the dataset's own).")
 @click.option("--max-seconds", default=300.0, show_default=True, help="Short-run time limit.")
 @click.option("--draws", default=16, show_default=True, help="Small batches per measurement.")
 @click.option("--measurements", default=40, show_default=True, help="Noise-scale measurements.")
@@ -1163,7 +1212,9 @@ def suggest_cmd(
     batch_size: int,
     momentum: float,
     reference: Path | None,
-    budget_fraction: float,
+    method: str,
+    budget_fraction: float | None,
+    task: str | None,
     max_seconds: float,
     draws: int,
     measurements: int,
@@ -1176,11 +1227,14 @@ def suggest_cmd(
     as_json: bool,
 ) -> None:
     """Suggest a batch size and lr range before sweeping: a short run measuring the gradient
-    noise scale plus a hardware profile, within a small fraction of the full sweep's compute."""
+    noise scale (or, with --method branched, a short run and its branches measuring B_crit)
+    plus a hardware profile, within a small fraction of the full sweep's compute."""
     from torch import set_num_threads as torch_threads
 
-    from batchlab.suggest import load_reference, suggest
+    from batchlab.suggest import METHODS, load_reference, suggest
 
+    if method not in METHODS:  # before loading anything: one line, exit 2
+        raise SpecError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
     if threads is not None:
         if threads <= 0:
             raise SpecError(f"--threads {threads}: need a positive number")
@@ -1193,11 +1247,13 @@ def suggest_cmd(
         dataset_args=_json_object(dataset_args, "--dataset-args"),
         train_subset=train_subset,
         data_dir=data_dir,
+        task=task,
         lr=lr,
         batch_size=batch_size,
         momentum=momentum,
         reference=ref_spec,
         reference_source=ref_source,
+        method=method,
         budget_fraction=budget_fraction,
         max_seconds=max_seconds,
         draws=draws,
@@ -1210,7 +1266,8 @@ def suggest_cmd(
     if as_json:
         click.echo(json.dumps(sug.to_dict(), indent=1, default=str))
         return
-    table = Table(title=f"suggest: {model} on {dataset} (B_crit ~ {sug.b_crit:.3g})")
+    how = "=" if sug.method == "branched" else "~"
+    table = Table(title=f"suggest: {model} on {dataset} (B_crit {how} {sug.b_crit:.3g})")
     for col in ("batch size", "samples/s", "steps x S_min", "samples x E_min", "time", "lr range"):
         table.add_column(col, justify="right")
     for c in sug.candidates:

@@ -130,10 +130,14 @@ def divergence(
     return None
 
 
-def evaluated_losses(data: Dataset, *, full: bool) -> dict[str, bool]:
-    """The losses an evaluation measures, for `divergence` (an empty split, or no full pass over
-    the training set, gives NaN, which is not divergence)."""
-    return {"val_loss": len(data.val) > 0, "test_loss": len(data.test) > 0, "full_train_loss": full}
+def evaluated_losses(data: Dataset, *, full: bool, test: bool = True) -> dict[str, bool]:
+    """The losses an evaluation measures, for `divergence` (an empty split, no full pass over
+    the training set, or a test set left out, gives NaN, which is not divergence)."""
+    return {
+        "val_loss": len(data.val) > 0,
+        "test_loss": test and len(data.test) > 0,
+        "full_train_loss": full,
+    }
 
 
 EvalSink = Callable[[EvalRecord, "Checkpoint | None", list[ProbeRecord]], None]
@@ -500,11 +504,12 @@ class _Trial:
     def evaluate(self, at: Evaluation, *, done: bool) -> None:
         if done and self.suite is not None:
             self.suite.finish(self.ctx.at(self.step))  # end-of-training probes: Hessian...
-        rec = self.record(window=self.window, full=at.full_train)
+        with_test = self.tests_at(done=done)
+        rec = self.record(window=self.window, full=at.full_train, with_test=with_test)
         self.emit(rec, with_checkpoint=at.checkpoint)
         self.reason = divergence(
             rec,
-            evaluated=evaluated_losses(self.data, full=at.full_train),
+            evaluated=evaluated_losses(self.data, full=at.full_train, test=with_test),
             initial_train_loss=self.initial_train_loss,
             done=done,
         )
@@ -518,8 +523,13 @@ class _Trial:
         self.on_eval(rec, self.checkpoint() if with_checkpoint else None, probes)
         self.eval_idx += 1
 
-    def record(self, *, window: _Window | None, full: bool) -> EvalRecord:
-        """Evaluate on validation and test (and the whole training set when `full`)."""
+    def tests_at(self, *, done: bool) -> bool:
+        """Whether an evaluation includes the test set: every one of a trial's."""
+        return True
+
+    def record(self, *, window: _Window | None, full: bool, with_test: bool = True) -> EvalRecord:
+        """Evaluate on validation and test (test only `with_test`; the whole training set too
+        when `full`)."""
         spec, data, device, task = self.trial.study, self.data, self.device, self.task
         t0 = time.perf_counter()
         # Trials that differ only in batch size, lr or budget start from the same weights: their
@@ -541,7 +551,7 @@ class _Trial:
         else:
             size, dt = spec.eval_batch_size, self.dtype
             val = evaluate(self.model, data.val, size, task, dtype=dt)
-            test = evaluate(self.model, data.test, size, task, dtype=dt)
+            test = evaluate(self.model, data.test, size, task, dtype=dt) if with_test else NAN_PAIR
             tr = evaluate(self.model, data.train, size, task, dtype=dt) if full else NAN_PAIR
             if initial:
                 data.memo[key] = (val, test, tr)
@@ -598,7 +608,12 @@ class BranchRun(_Trial):
             self.autograd.scaler.load_state_dict(snapshot.scaler_state)
         self.initial_train_loss = snapshot.initial_train_loss  # the divergence rule's reference
         self.set_lr(self.trial.lr)
-        self.emit(self.record(window=None, full=False), with_checkpoint=True)
+        self.emit(self.record(window=None, full=False, with_test=False), with_checkpoint=True)
+
+    def tests_at(self, *, done: bool) -> bool:
+        """A branch selects on validation only (its target is a validation loss): the test set
+        is evaluated once, at its end, to report."""
+        return done
 
     def begin_epoch(self, epoch: int) -> Iterator[tuple[Inputs, torch.Tensor]]:
         B, self.epoch_lr = self.plan.epoch(epoch)

@@ -183,8 +183,9 @@ class Branched(_Frozen):
     batch_sizes: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
     """Batch sizes of the branches (the reference batch size is always added): a list, or
     "lo:hi" for the powers of two from lo to hi."""
-    points: int = Field(default=4, ge=1, le=64)
-    """Branch points: checkpoints of the reference, log-spaced in samples."""
+    points: int = Field(default=4, ge=2, le=64)
+    """Branch points (at least 2: a curve over training): checkpoints of the reference,
+    log-spaced in samples."""
     first: float = Field(default=1 / 16, gt=0.0, le=1.0)
     """The first branch point, as a fraction of the reference's budget (the last is its end)."""
     window: int | None = Field(default=None, gt=0)

@@ -37,6 +37,25 @@ sweep it would replace, and returns a `Suggestion`:
    at the suggested size and its power-of-two neighbours, 2 seeds each, with lrs from the rule;
    the suggestion holds when its mean final validation accuracy is within the seed spread
    (larger sample std of the two cells) of the best one's.
+
+`method="branched"` (issue 14) replaces steps 3-4 with a direct measurement of B_crit by
+branching (`batchlab.branched`, Merrill et al. 2025), within `budget_fraction` (default 10%):
+
+3b. A branched study (`branch_plan`): one reference run at the small batch b with the user's lr
+    (SGD, one seed), for an eighth of one reference trial's samples (`BRANCH_REF_TRIAL`; at most
+    `BRANCH_REF_SHARE` of what the profile leaves), keeping its state at 2 points (half-way and
+    at its end); from each, branches at every reference batch size up to the training set (b
+    added), lr by the linear rule from `lr` at b (constant lr / B: the same gradient noise at
+    every batch size; under the sqrt rule small batches are noisier than b and never reach its
+    target) times each of `BRANCH_LR_FACTORS`, each training at most `reach` x `window` samples
+    towards the validation loss b's branch reaches after `window`.
+    The window is the largest (at most a quarter of the reference run) that fits the budget;
+    when even the smallest (the largest branch batch, and `evals` steps of b) does not, fewer
+    points, then one lr factor, then every other batch size (at least `MIN_BATCH_SIZES`); else
+    the suggestion is refused. Run by `run_study` into the given store (a temporary one
+    without), so a rerun resumes it. Compute: the reference's and every branch's samples.
+4b. `branched_critical` on it; B_crit = the latest point with a number (its CBS_20 beside it);
+    the batch size and lr then follow from B_crit as in steps 4-5.
 """
 
 from __future__ import annotations
@@ -69,6 +88,13 @@ TIE = 0.05  # predicted times within 5% of the least count as tied
 SETTLED_FACTOR = 1.5
 PROFILE_SHARE = 0.1  # of the budget, for the hardware profile's timed steps
 MEASURE_SHARE = 0.25  # of what the profile leaves, at most, for noise measurements
+METHODS = ("noise", "branched")
+DEFAULT_BUDGET = {"noise": 0.05, "branched": 0.10}  # fractions of the reference sweep
+BRANCH_REF_SHARE = 0.4  # of what the profile leaves, at most, for the branched reference run
+BRANCH_REF_TRIAL = 0.125  # of one reference trial's samples: the branched reference run's length
+BRANCH_LR_FACTORS = (0.5, 1.0)  # on the linear rule (constant lr / B), halved where it is too big
+BRANCH_REACH = 3.0
+BRANCH_EVALS = 8
 
 
 class SuggestError(BatchlabError):
@@ -513,6 +539,222 @@ def verify_neighbours(
     )
 
 
+# ---- the branched method ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class BranchPlan:
+    """A branched study's shape, and the training samples it plans (reference + branches)."""
+
+    reference_samples: int
+    points: int
+    first: float  # the first point, as a fraction of the reference run (the last is its end)
+    batch_sizes: tuple[int, ...]  # the branches' (the small batch included)
+    lr_factors: tuple[float, ...]
+    window: int
+    reach: float
+    evals: int
+    branch_samples: int
+
+    @property
+    def samples(self) -> int:
+        return self.reference_samples + self.branch_samples
+
+
+def branch_cost(
+    batch_sizes: Sequence[int],
+    *,
+    window: int,
+    points: int,
+    lr_factors: int,
+    reach: float = BRANCH_REACH,
+    evals: int = BRANCH_EVALS,
+) -> int:
+    """Samples every branch plans: `batchlab.branched.branch_trials`' budgets, summed."""
+    from batchlab.branched import interval
+
+    per_point = 0
+    for b in batch_sizes:
+        every = interval(b, window, evals)
+        per_point += every * math.ceil(reach * window / every)
+    return points * lr_factors * per_point
+
+
+def whole_batches(samples: int, n_train: int, batch_size: int) -> int:
+    """`samples` rounded down to what the engine trains exactly: whole epochs, then whole
+    batches (a samples budget is spent in whole batches, so it may overshoot otherwise)."""
+    epochs, rest = divmod(samples, n_train)
+    return epochs * n_train + (rest // batch_size) * batch_size
+
+
+def branch_plan(
+    *,
+    available: float,
+    one_trial: float,
+    batch_size: int,
+    batch_sizes: Sequence[int],
+    n_train: int,
+    reach: float = BRANCH_REACH,
+    evals: int = BRANCH_EVALS,
+) -> BranchPlan:
+    """The largest branched study that fits in `available` samples (rules: module docstring)."""
+    from batchlab.analysis.critical import MIN_BATCH_SIZES
+
+    ref = whole_batches(
+        int(min(BRANCH_REF_TRIAL * one_trial, BRANCH_REF_SHARE * available)), n_train, batch_size
+    )
+    sizes = tuple(sorted({*batch_sizes, batch_size}))
+    if len(sizes) < MIN_BATCH_SIZES:
+        raise SuggestError(
+            f"suggest --method branched: not enough batch sizes: the reference sweep has"
+            f" {len(sizes)} up to the training set ({', '.join(map(str, sizes))}), a fit needs"
+            f" {MIN_BATCH_SIZES}; use --method noise or a wider reference"
+        )
+    every_other = tuple(sorted({*sizes[::2], batch_size}))
+    options: list[tuple[int, tuple[float, ...], tuple[int, ...]]] = [
+        (2, BRANCH_LR_FACTORS, sizes),
+        (1, BRANCH_LR_FACTORS, sizes),
+        (1, (1.0,), sizes),
+    ]
+    if len(every_other) >= MIN_BATCH_SIZES and every_other != sizes:
+        options.append((1, (1.0,), every_other))
+    for points, factors, bs in options:
+        least = max(bs[-1], evals * batch_size)  # a step of the largest, `evals` of b
+        most = ref // 4
+        room = available - ref
+        if most < least:
+            continue
+        # the cost grows about linearly with the window: start from that guess, shrink to fit
+        guess = room / (points * len(factors) * len(bs) * reach)
+        window = int(min(most, guess))
+        while window >= least:
+            cost = branch_cost(
+                bs, window=window, points=points, lr_factors=len(factors), reach=reach, evals=evals
+            )
+            if ref + cost <= available:
+                return BranchPlan(
+                    reference_samples=ref,
+                    points=points,
+                    first=0.5 if points > 1 else 1.0,
+                    batch_sizes=bs,
+                    lr_factors=factors,
+                    window=window,
+                    reach=reach,
+                    evals=evals,
+                    branch_samples=cost,
+                )
+            window = int(window * 0.97)
+    raise SuggestError(
+        f"suggest --method branched: {available:,.0f} training samples (after the profile) do not"
+        f" fit a reference run and branches at batch sizes {sizes[0]}..{sizes[-1]} (a window of at"
+        f" least {max(sizes[-1], evals * batch_size):,} samples); raise --budget-fraction or use"
+        " --method noise"
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class BranchedEstimate:
+    """B_crit measured by branching from a short reference run (`branched_critical`)."""
+
+    study: str
+    store: str | None  # None: a temporary store, removed afterwards
+    plan: BranchPlan
+    reference_samples: int  # trained (a diverged branch stops early: at most the plan)
+    branch_samples: int
+    branches: int
+    diverged: int  # branches that did not complete
+    point: int  # the branch point B_crit is taken from
+    at_samples: int  # the reference's samples there
+    b_crit: float
+    b_crit_note: str
+    cbs20: float | None
+    cbs20_above: int | None
+    points: tuple[dict[str, Any], ...]  # every point, as `PointResult.to_dict` gives it
+
+
+def branched_estimate(
+    *,
+    base: dict[str, Any],
+    plan: BranchPlan,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    store: Path | None,
+    data_dir: Path | None,
+) -> BranchedEstimate:
+    """Run the planned branched study (`run_study`) and take B_crit from its latest point."""
+    import tempfile
+
+    from batchlab.analysis.branched import branched_critical, is_branch
+    from batchlab.study import run_study  # the study layer sits above this module
+
+    data = {
+        **base,
+        "lrs": [lr],
+        "reference_batch_size": batch_size,
+        "lr_scaling": "linear",
+        "batch_sizes": [batch_size],
+        "seeds": [seed],
+        "budget": {"samples": plan.reference_samples},
+        "save_weights": False,
+        "branched": {
+            "batch_sizes": list(plan.batch_sizes),
+            "points": plan.points,
+            "first": plan.first,
+            "window": plan.window,
+            "reach": plan.reach,
+            "evals": plan.evals,
+            "lr_factors": list(plan.lr_factors),
+        },
+    }
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", str(base["dataset"]))
+    name = f"suggest-branched-{safe}-{digest[:8]}"
+    data["name"] = name
+    data["description"] = "batchlab suggest --method branched: B_crit from a short run's branches"
+    spec = spec_from_dict(data, source="suggest --method branched")
+    with tempfile.TemporaryDirectory(prefix="batchlab-suggest-") as tmp:
+        path = store if store is not None else Path(tmp) / "suggest.db"
+        study = run_study(spec, store=path, data_dir=data_dir, notify=lambda _line: None)
+        trials = list(study.trials)  # the name is the spec's digest: every trial is this one's
+        info = study.task
+        per = info.tokens_per_sample if info.unit != "example" else None
+    result = branched_critical(trials, None, tokens_per_sample=per)
+    refs = [t for t in trials if not is_branch(t)]
+    branches = [t for t in trials if is_branch(t)]
+
+    def trained(ts: Sequence[Any]) -> int:
+        return sum(t.last.samples for t in ts if t.last is not None)
+
+    if not refs or refs[0].state is not TrialState.COMPLETE:
+        raise SuggestError(
+            f"suggest --method branched: the reference run at batch {batch_size} did not complete"
+            f" ({refs[0].state.value if refs else 'missing'}); lower --lr"
+        )
+    numbered = [p for p in result.points if p.b_crit is not None and p.b_crit > 0]
+    if not numbered:
+        why = "; ".join(f"point {p.point}: {p.note or 'no B_crit'}" for p in result.points)
+        raise SuggestError(f"suggest --method branched: no branch point gave a B_crit ({why})")
+    last = numbered[-1]
+    assert last.b_crit is not None
+    return BranchedEstimate(
+        study=name,
+        store=str(store) if store is not None else None,
+        plan=plan,
+        reference_samples=trained(refs),
+        branch_samples=trained(branches),
+        branches=len(branches),
+        diverged=len(result.failed),
+        point=last.point,
+        at_samples=last.samples,
+        b_crit=last.b_crit,
+        b_crit_note=last.note,
+        cbs20=last.cbs20,
+        cbs20_above=last.cbs20_above,
+        points=tuple(p.to_dict() for p in result.points),
+    )
+
+
 # ---- the suggestion -----------------------------------------------------------------------------
 
 
@@ -527,10 +769,13 @@ class Compute:
     noise_samples: int
     verify_samples: float
     seconds: float
+    branch_samples: int = 0  # --method branched: every branch (train_samples: its reference)
 
     @property
     def samples(self) -> float:
-        return float(self.profile_samples + self.train_samples + self.noise_samples)
+        return float(
+            self.profile_samples + self.train_samples + self.noise_samples + self.branch_samples
+        )
 
     @property
     def fraction(self) -> float:
@@ -548,9 +793,9 @@ class Suggestion:
     model: str
     n_train: int
     reference: ReferenceSweep
-    run: ShortRun
-    noise: BSimple
-    b_crit: float  # predicted: B_simple
+    run: ShortRun | None  # the noise method's short run...
+    noise: BSimple | None  # ...and its B_simple
+    b_crit: float  # predicted: B_simple (noise), or measured by branching (branched)
     profile: HardwareProfile
     candidates: tuple[Candidate, ...]
     batch_size: int
@@ -561,12 +806,17 @@ class Suggestion:
     reference_seconds: float  # the reference sweep's training time predicted from the profile
     verification: Verification | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    method: str = "noise"
+    branched: BranchedEstimate | None = None
+    run_batch_size: int = 32  # the small batch b (the short run's, or the branched reference's)
+    run_lr: float = 0.05  # the lr at b
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["run"]["measurements"] = [
-            {**asdict(m), "b_simple": m.b_simple} for m in self.run.measurements
-        ]
+        if self.run is not None:
+            d["run"]["measurements"] = [
+                {**asdict(m), "b_simple": m.b_simple} for m in self.run.measurements
+            ]
         d["compute"].update(
             samples=self.compute.samples,
             fraction=self.compute.fraction,
@@ -576,34 +826,60 @@ class Suggestion:
         d["lines"] = self.lines()
         return d
 
-    def lines(self) -> list[str]:
-        c, n, r = self.compute, self.noise, self.run
+    def _measured(self) -> list[str]:
+        """What B_crit came from, in a line or two."""
+        n, r, e = self.noise, self.run, self.branched
+        if e is not None:
+            p = e.plan
+            cbs = (
+                f"> {e.cbs20_above}"
+                if e.cbs20_above is not None
+                else ("—" if e.cbs20 is None else f"{e.cbs20:.3g}")
+            )
+            note = f" ({e.b_crit_note})" if e.b_crit_note else ""
+            return [
+                f"Measured critical batch size B_crit = {self.b_crit:.3g} by branching"
+                f" (point {e.point}, after {e.at_samples:,} samples; CBS_20 {cbs}){note}.",
+                f"  Reference run at batch {self.run_batch_size}: {e.reference_samples:,} samples"
+                f" ({e.reference_samples / self.n_train:.2g} epochs); {e.branches} branches"
+                f" ({p.points} point(s) x batch {p.batch_sizes[0]}..{p.batch_sizes[-1]} x lr"
+                f" factors {', '.join(f'{f:g}' for f in p.lr_factors)} on the linear rule), window"
+                f" {p.window:,} samples, reach {p.reach:g}; {e.diverged} did not complete;"
+                f" study {e.study}" + (f" in {e.store}." if e.store else " (temporary store)."),
+            ]
+        assert n is not None and r is not None
         settle = (
             "settled"
             if n.settled
             else f"still moving: {n.early:.3g} then {n.late:.3g} over the late window"
         )
-        out = [
-            f"Suggested batch size: {self.batch_size}, lr {self.lr:.3g}"
-            f" (range {self.lr_lo:.3g} .. {self.lr_hi:.3g}).",
+        return [
             f"Predicted critical batch size B_crit ~ B_simple = {self.b_crit:.3g}"
             f" (95% CI over measurements {n.ci_lo:.3g} .. {n.ci_hi:.3g}; {settle}).",
             f"  Measured at batch {r.batch_size}, lr {r.lr:g}: {r.steps} steps"
             f" ({r.train_samples / self.n_train:.2g} epochs), training loss {r.first_loss:.3g}"
             f" -> {r.last_loss:.3g}; {n.measurements} late measurements from step"
             f" {n.from_step}.",
+        ]
+
+    def lines(self) -> list[str]:
+        c, r = self.compute, self.run
+        out = [
+            f"Suggested batch size: {self.batch_size}, lr {self.lr:.3g}"
+            f" (range {self.lr_lo:.3g} .. {self.lr_hi:.3g}).",
+            *self._measured(),
             "  Rule: time to a target ~ (B + B_crit) / throughput(B); the smallest size within"
             f" {TIE:.0%} of the least predicted time. Sizes up to"
             f" {max(x.batch_size for x in self.candidates)} (fits in memory and the training"
             " set).",
             "  lr: McCandlish's eta(B) = eta_max / (1 + B_crit / B) through"
-            f" eta({r.batch_size}) = {r.lr:g}; range from the sqrt rule to it.",
+            f" eta({self.run_batch_size}) = {self.run_lr:g}; range from the sqrt rule to it.",
             f"Compute: {c.samples:,.0f} training samples = {100 * c.fraction:.2f}% of the"
             f" reference sweep (budget {100 * c.budget_fraction:g}%), {c.seconds:.0f} s;"
             f" the sweep itself: about {_duration(self.reference_seconds)} of training here.",
             f"  Reference: {self.reference.describe()}.",
         ]
-        if r.stopped_by_time:
+        if r is not None and r.stopped_by_time:
             out.append(f"  The short run hit the time limit after {r.steps} of {r.planned_steps}.")
         if self.verification is not None:
             v = self.verification
@@ -639,7 +915,7 @@ def suggest(
     momentum: float = 0.0,
     reference: StudySpec | None = None,
     reference_source: str = "",
-    budget_fraction: float = 0.05,
+    budget_fraction: float | None = None,
     max_seconds: float = 300.0,
     draws: int = 16,
     measurements: int = 40,
@@ -648,8 +924,16 @@ def suggest(
     verify: bool = False,
     store: Path | None = None,
     verify_name: str | None = None,
+    method: str = "noise",
 ) -> Suggestion:
-    """Suggest a batch size and lr range; every rule is in the module docstring."""
+    """Suggest a batch size and lr range; every rule is in the module docstring. `method`:
+    "noise" (B_crit ~ B_simple of a short run) or "branched" (B_crit measured by branching);
+    `budget_fraction` defaults to 5% of the reference sweep for the first, 10% for the second;
+    `store` holds --verify's trials and the branched study (a temporary store without)."""
+    if method not in METHODS:
+        raise SpecError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+    if budget_fraction is None:
+        budget_fraction = DEFAULT_BUDGET[method]
     if not 0 < budget_fraction <= 1:
         raise SpecError(f"--budget-fraction {budget_fraction}: need 0 < fraction <= 1")
     if lr <= 0 or batch_size <= 0 or not 0 <= momentum < 1:
@@ -699,75 +983,120 @@ def suggest(
     )
     profile_samples = sum(r.batch_size * (1 + r.steps_timed) for r in prof.rows)
     left = allowed - profile_samples
-    per_measure = draws * batch_size
-    # On a small budget the measurements take at most a quarter of it (but at least 4 of them).
-    affordable = int(MEASURE_SHARE * left // per_measure)
-    measurements = max(min(measurements, 4), min(measurements, affordable))
-    steps = int((left - measurements * per_measure) // batch_size)
-    if steps < 2 * measurements:
-        raise SuggestError(
-            f"suggest: {100 * budget_fraction:g}% of the reference sweep"
-            f" ({allowed:,.0f} samples) leaves {max(0, steps)} training steps after the profile;"
-            " raise --budget-fraction or use a larger reference sweep"
+    run: ShortRun | None = None
+    noise: BSimple | None = None
+    estimate: BranchedEstimate | None = None
+    notes: list[str] = []
+    if method == "branched":
+        plan = branch_plan(
+            available=left,
+            one_trial=ref.samples / ref.trials,
+            batch_size=batch_size,
+            batch_sizes=[b for b in ref.batch_sizes if b <= n],
+            n_train=n,
         )
-    one_trial = int(ref.samples / ref.trials) // batch_size  # steps of one reference trial
-    capped = one_trial < steps
-    if capped:
-        steps = max(one_trial, 4)
-        measurements = min(measurements, steps // 2)
-    run = short_run(
-        data,
-        model=model,
-        model_args=args,
-        batch_size=batch_size,
-        lr=lr,
-        momentum=momentum,
-        steps=steps,
-        measurements=measurements,
-        draws=draws,
-        seed=seed,
-        device=dev,
-        max_seconds=max_seconds,
-    )
-    noise = b_simple(run.measurements, seed=seed)
-    b_crit = noise.value
-    if not b_crit > 0:
-        raise SuggestError(
-            f"suggest: B_simple came out {b_crit:.3g} (not positive); raise --draws or"
-            " --budget-fraction"
+        base = {
+            "dataset": dataset,
+            "dataset_args": dataset_args or {},
+            "train_subset": train_subset,
+            "val_fraction": val_fraction,
+            "task": task,
+            "task_args": task_args or {},
+            "model": model,
+            "model_args": args,
+            "optimizer": "sgd",
+            "momentum": momentum,
+            "device": device,
+            "threads": torch.get_num_threads() if dev.type == "cpu" else None,
+        }
+        estimate = branched_estimate(
+            base={k: v for k, v in base.items() if v is not None},
+            plan=plan,
+            lr=lr,
+            batch_size=batch_size,
+            seed=seed,
+            store=store,
+            data_dir=data_dir,
         )
+        b_crit = estimate.b_crit
+        if plan.reference_samples < BRANCH_REF_TRIAL * ref.samples / ref.trials - batch_size:
+            notes.append(
+                f"  The reference run trained {plan.reference_samples:,} samples, less than"
+                f" {BRANCH_REF_TRIAL:g} of a reference trial's (the budget is small): B_crit is"
+                " measured earlier in training."
+            )
+        if estimate.b_crit_note:
+            notes.append(f"  Branch point {estimate.point}: {estimate.b_crit_note}.")
+    else:
+        per_measure = draws * batch_size
+        # On a small budget the measurements take at most a quarter of it (but at least 4 of them).
+        affordable = int(MEASURE_SHARE * left // per_measure)
+        measurements = max(min(measurements, 4), min(measurements, affordable))
+        steps = int((left - measurements * per_measure) // batch_size)
+        if steps < 2 * measurements:
+            raise SuggestError(
+                f"suggest: {100 * budget_fraction:g}% of the reference sweep"
+                f" ({allowed:,.0f} samples) leaves {max(0, steps)} training steps after the"
+                " profile; raise --budget-fraction or use a larger reference sweep"
+            )
+        one_trial = int(ref.samples / ref.trials) // batch_size  # steps of one reference trial
+        capped = one_trial < steps
+        if capped:
+            steps = max(one_trial, 4)
+            measurements = min(measurements, steps // 2)
+        run = short_run(
+            data,
+            model=model,
+            model_args=args,
+            batch_size=batch_size,
+            lr=lr,
+            momentum=momentum,
+            steps=steps,
+            measurements=measurements,
+            draws=draws,
+            seed=seed,
+            device=dev,
+            max_seconds=max_seconds,
+        )
+        noise = b_simple(run.measurements, seed=seed)
+        b_crit = noise.value
+        if not b_crit > 0:
+            raise SuggestError(
+                f"suggest: B_simple came out {b_crit:.3g} (not positive); raise --draws or"
+                " --budget-fraction"
+            )
+        if capped:
+            notes.append(
+                f"  The short run stopped at one reference trial's samples ({one_trial} steps),"
+                " below the budget: B_simple is measured where the sweep's trials end."
+            )
+        if not noise.settled and noise.late > noise.early:
+            notes.append(
+                "  B_simple was still rising (it grows as the loss falls): the prediction is"
+                " likely low for targets near the best accuracy."
+            )
+        elif not noise.settled:
+            notes.append(
+                "  B_simple moved by more than a factor 1.5 within the late window (measurement"
+                " noise, or training not settled): take it as an order of magnitude."
+            )
     limit = min(prof.max_batch_size, n)
     rates = [(r.batch_size, r.samples_per_s) for r in prof.rows if r.batch_size <= limit]
     cands, best = rank_batch_sizes(rates, b_crit, lr=lr, small_batch=batch_size)
     chosen = next(c for c in cands if c.batch_size == best)
     rate = {r.batch_size: r.samples_per_s for r in prof.rows}
     ref_seconds = math.fsum(e / rate[b] for b, e in ref.samples_by_batch.items() if b in rate)
-    notes = []
-    if capped:
-        notes.append(
-            f"  The short run stopped at one reference trial's samples ({one_trial} steps), below"
-            " the budget: B_simple is measured where the sweep's trials end."
-        )
     if best == max(c.batch_size for c in cands):
         notes.append(
             "  The suggestion is the largest size considered: larger batches may be as good."
-        )
-    if not noise.settled and noise.late > noise.early:
-        notes.append(
-            "  B_simple was still rising (it grows as the loss falls): the prediction is likely"
-            " low for targets near the best accuracy."
-        )
-    elif not noise.settled:
-        notes.append(
-            "  B_simple moved by more than a factor 1.5 within the late window (measurement"
-            " noise, or training not settled): take it as an order of magnitude."
         )
     compute = Compute(
         reference_samples=ref.samples,
         budget_fraction=budget_fraction,
         profile_samples=profile_samples,
-        train_samples=run.train_samples,
-        noise_samples=run.noise_samples,
+        train_samples=run.train_samples if run else estimate.reference_samples if estimate else 0,
+        noise_samples=run.noise_samples if run else 0,
+        branch_samples=estimate.branch_samples if estimate else 0,
         verify_samples=0.0,
         seconds=time.perf_counter() - t0,
     )
@@ -827,4 +1156,8 @@ def suggest(
         reference_seconds=ref_seconds,
         verification=verification,
         notes=tuple(notes),
+        method=method,
+        branched=estimate,
+        run_batch_size=batch_size,
+        run_lr=lr,
     )

@@ -163,6 +163,10 @@ def test_b_simple_comes_from_the_reference_probe_nearest_the_point() -> None:
     assert [p.b_simple for p in points] == [50.0, 70.0]
     tokens = branched_critical(trials, probes, tokens_per_sample=64.0).points
     assert tokens[0].tokens == 1600 * 64
+    d = tokens[0].to_dict()  # every batch-size number also in tokens per batch
+    assert d["b_simple_tokens"] == pytest.approx(50.0 * 64)
+    assert d["b_crit_tokens"] == pytest.approx(points[0].b_crit * 64)  # type: ignore[operator]
+    assert "b_crit_tokens" not in points[0].to_dict()
 
 
 def test_the_schedule_from_a_known_cbs() -> None:
@@ -196,3 +200,27 @@ def test_the_schedule_from_a_known_cbs() -> None:
     parsed = tomllib.loads(toml)  # a study can use the lines as they are
     spec = spec_from_dict({"name": "x", "budget": {"epochs": 6}, **parsed})
     assert spec.batch_schedule is not None and spec.batch_schedule.batch_sizes == (32, 256)
+
+
+def test_validation_rows_are_paired_by_seed() -> None:
+    from batchlab.analysis.branched import validation_rows
+
+    def run(variant: str, seed: int, b: int, losses: list[float]) -> FrozenTrial:
+        evals = tuple(record(i, 10 * i, 10 * i * b, v) for i, v in enumerate(losses))
+        return FrozenTrial(
+            trial_id=f"{variant}{seed}", study="v", number=0, batch_size=b, lr_base=0.1,
+            lr=0.1, seed=seed, state=TrialState.COMPLETE, params={"variant": variant},
+            evals=evals,
+        )  # fmt: skip
+
+    trials = [
+        run("warmup", 0, 16, [2.0, 1.0, 0.4]),  # seed 0's target 0.5: at step 10 + 10 * 5/6
+        run("warmup", 1, 16, [2.0, 1.0, 0.8]),  # seed 1's target 0.3: never
+        run("small", 0, 16, [2.0, 0.9, 0.5]),
+        run("small", 1, 16, [2.0, 0.9, 0.3]),
+    ]
+    rows = {r.variant: r for r in validation_rows(trials, {0: 0.5, 1: 0.3})}
+    assert rows["warmup"].reached == 1 and rows["warmup"].steps == pytest.approx(10 + 10 * 5 / 6)
+    assert rows["small"].reached == 2 and rows["small"].steps == pytest.approx(20)
+    assert rows["warmup"].final_val_loss == pytest.approx(0.6)
+    assert rows["warmup"].total_steps == 20

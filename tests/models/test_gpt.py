@@ -8,9 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from batchlab import batch
 from batchlab.errors import SpecError
 from batchlab.models import GPT, build_model
 from batchlab.models.gpt import Block
+from batchlab.spec import spec_from_dict
+from tests.conftest import SpecFactory
+from tests.test_engine import run
+from tests.workloads import masked_tokens
 
 ARGS = {"layers": 2, "heads": 2, "width": 16}
 
@@ -21,9 +26,12 @@ def tiny(seed: int = 0, **args: object) -> GPT:
     return model
 
 
-def reference_logits(model: GPT, idx: torch.Tensor) -> torch.Tensor:
+def reference_logits(
+    model: GPT, idx: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """The same network written out by hand: explicit layer norm, masked softmax attention per
-    head, erf GELU, and the tied output matrix."""
+    head, erf GELU, and the tied output matrix. With an `attention_mask` a query attends to the
+    earlier tokens that are not padding, and always to itself."""
 
     def layer_norm(x: torch.Tensor, ln: torch.nn.LayerNorm) -> torch.Tensor:
         mean = x.mean(-1, keepdim=True)
@@ -33,6 +41,8 @@ def reference_logits(model: GPT, idx: torch.Tensor) -> torch.Tensor:
     t = idx.shape[1]
     x = model.wte.weight[idx] + model.wpe.weight[:t]
     mask = torch.tril(torch.ones(t, t, dtype=torch.bool))
+    if attention_mask is not None:  # [B, T, T]
+        mask = (mask & attention_mask.bool()[:, None, :]) | torch.eye(t, dtype=torch.bool)
     for block in model.blocks:
         assert isinstance(block, Block)
         attn = block.attn
@@ -89,6 +99,79 @@ def test_later_tokens_never_change_earlier_logits(t: int) -> None:
     torch.testing.assert_close(a[:, : t + 1], b[:, : t + 1], rtol=0, atol=1e-6)
     if t + 1 < 12 and not torch.equal(idx[:, t + 1 :], changed[:, t + 1 :]):
         assert not torch.allclose(a[:, t + 1 :], b[:, t + 1 :])  # later positions do see them
+
+
+def padded() -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids [4, 12] and an attention mask: no padding, right padding, left padding, and
+    padding on both sides."""
+    idx = torch.randint(0, 11, (4, 12), generator=torch.Generator().manual_seed(5))
+    keep = torch.ones(4, 12, dtype=torch.long)
+    keep[1, 7:] = 0
+    keep[2, :5] = 0
+    keep[3, :2] = keep[3, 9:] = 0
+    return idx, keep
+
+
+def test_a_dict_batch_is_taken_as_hugging_face_models_take_it() -> None:
+    model = tiny().eval()
+    idx, keep = padded()
+    plain = model(idx)
+    torch.testing.assert_close(batch.call(model, {"input_ids": idx}), plain, rtol=0, atol=0)
+    every = torch.ones_like(keep)  # a mask of all tokens is the causal mask
+    got = batch.call(model, {"input_ids": idx, "attention_mask": every})
+    torch.testing.assert_close(got, plain, rtol=1e-5, atol=1e-6)
+    masked = batch.call(model, {"input_ids": idx, "attention_mask": keep})
+    torch.testing.assert_close(masked, reference_logits(model, idx, keep), rtol=1e-5, atol=1e-5)
+    assert torch.isfinite(masked).all()  # a left-padded first position sees only itself
+    torch.testing.assert_close(masked[0], plain[0], rtol=1e-5, atol=1e-6)  # no padding
+    right = keep[1].bool()  # right padding: what is kept sees only earlier tokens anyway
+    torch.testing.assert_close(masked[1, right], plain[1, right], rtol=1e-5, atol=1e-6)
+    with pytest.raises(TypeError, match="as idx or as input_ids"):
+        model(idx, input_ids=idx)
+
+
+def test_padding_tokens_never_change_the_logits_of_the_kept_ones() -> None:
+    model = tiny().eval()
+    idx, keep = padded()
+    other = torch.where(keep.bool(), idx, (idx + 3) % 11)
+    a = model(input_ids=idx, attention_mask=keep)
+    b = model(input_ids=other, attention_mask=keep)
+    kept = keep.bool()
+    torch.testing.assert_close(a[kept], b[kept], rtol=0, atol=1e-6)
+    assert not torch.allclose(model(idx)[2], model(other)[2])  # without the mask they would
+
+
+def hf_style_tokens(
+    *, n_train: int = 96, n_test: int = 32
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """`tests.workloads.masked_tokens` under Hugging Face's names: input_ids, attention_mask."""
+    xa, ya, xb, yb = masked_tokens(n_train=n_train, n_test=n_test)
+
+    def rename(x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"input_ids": x["tokens"], "attention_mask": x["mask"]}
+
+    return rename(xa), ya, rename(xb), yb
+
+
+def test_a_gpt_study_of_dict_batches_accumulates_like_the_whole_batch(
+    make_spec: SpecFactory,
+) -> None:
+    spec = make_spec(
+        dataset="tests.models.test_gpt:hf_style_tokens",
+        dataset_args={"n_train": 96, "n_test": 32},
+        model="gpt",
+        model_args={"layers": 1, "heads": 2, "width": 16},
+        optimizer="adamw",
+        lrs=[0.01],
+        batch_sizes=[16],
+        budget={"epochs": 3},
+    )
+    whole, _, out = run(spec_from_dict(spec))
+    assert out.state.value == "COMPLETE"
+    assert whole[-1].val_loss < whole[0].val_loss - 0.2  # it learns from the kept tokens
+    acc, _, _ = run(spec_from_dict({**spec, "accumulate": 4}))  # micro-batches of unequal tokens
+    for a, b in zip(whole, acc, strict=True):
+        assert b.val_loss == pytest.approx(a.val_loss, rel=1e-4)
 
 
 def test_embeddings_are_tied_and_init_is_gpt2s() -> None:

@@ -108,7 +108,22 @@ class PointResult:
             "s_min": self.s_min,
             "e_min": self.e_min,
             "note": self.note,
+            **self._in_tokens(),
             "batches": [b.__dict__ for b in self.batches],
+        }
+
+    def _in_tokens(self) -> dict[str, float | None]:
+        """For a language model: the batch-size numbers in tokens per batch as well."""
+        if self.tokens is None or self.samples <= 0:
+            return {}
+        per = self.tokens / self.samples
+        return {
+            f"{key}_tokens": None if value is None else value * per
+            for key, value in (
+                ("b_crit", self.b_crit),
+                ("cbs20", self.cbs20),
+                ("b_simple", self.b_simple),
+            )
         }
 
 
@@ -379,7 +394,15 @@ def _point(
             f" {MIN_BATCH_SIZES}"
         )
     elif fit is None:
-        notes.append("the steps do not fall with batch size as the hyperbola needs: no B_crit")
+        sizes = sorted(per_seed)
+        _, e_min, _ = fit_steps(sizes, [float(np.mean(per_seed[b])) for b in sizes])
+        if e_min > 0:  # S_min <= 0: the steps fall as fast as 1 / B, or faster, throughout
+            notes.append(
+                f"no B_crit: the steps fall as 1 / B throughout (perfect scaling), so B_crit"
+                f" lies above the largest batch size measured ({sizes[-1]})"
+            )
+        else:
+            notes.append("no B_crit: the steps do not fall with batch size (B_noise near 0)")
     elif crit is not None and not min(per_seed) <= crit <= max(per_seed):
         side, edge = (
             ("above the largest", max(per_seed))
@@ -530,16 +553,23 @@ class ValidationRow:
     total_steps: float  # updates made in the whole budget (mean over seeds)
 
 
-def validation_rows(trials: Sequence[FrozenTrial], target: float) -> list[ValidationRow]:
-    """Steps, samples and training time to the validation loss `target`, per variant."""
-    goal = Target(metric="val_loss", value=target, fraction=None)
+def validation_rows(
+    trials: Sequence[FrozenTrial], targets: Mapping[int, float]
+) -> list[ValidationRow]:
+    """Per variant: steps, samples and training time to each seed's target validation loss
+    (the reference run of that seed's final one: paired, as the runs share their seeds), and
+    the final loss and updates of the whole budget."""
     by_variant: dict[str, list[FrozenTrial]] = {}
     for t in trials:
         by_variant.setdefault(str(t.params.get("variant", "")), []).append(t)
     rows = []
     for label, ts in by_variant.items():
-        done = [t for t in ts if t.state is TrialState.COMPLETE and t.evals]
-        hits = [r for r in (reach(t, goal, target) for t in done) if r.reached]
+        done = [t for t in ts if t.state is TrialState.COMPLETE and t.evals and t.seed in targets]
+        hits = []
+        for t in done:
+            goal = Target(metric="val_loss", value=targets[t.seed], fraction=None)
+            if (r := reach(t, goal, targets[t.seed])).reached:
+                hits.append(r)
 
         def mean(xs: list[float]) -> float:
             return float(np.mean(xs)) if xs else math.nan

@@ -275,11 +275,14 @@ class CriticalFit:
     def samples_at(self, batch_size: float) -> float:
         return batch_size * self.s_min + self.e_min
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, tokens_per_sample: float | None = None) -> dict[str, Any]:
+        """Plain data; with `tokens_per_sample` (a language model's tokens per sequence) also
+        E_min, B_crit and its CI, and each point's samples, in tokens (`in_tokens`)."""
+
         def iv(i: Interval | None) -> list[float] | None:
             return None if i is None else [i.lo, i.hi]
 
-        return {
+        out = {
             "target": self.target.describe(),
             "metric": self.target.metric,
             "threshold": self.threshold,
@@ -300,6 +303,7 @@ class CriticalFit:
             "unreached_batch_sizes": list(self.unreached),
             "points": [p.__dict__ for p in self.points],
         }
+        return out if tokens_per_sample is None else in_tokens(out, tokens_per_sample)
 
 
 class NotEnoughBatchSizes(CriticalBatchError):
@@ -325,9 +329,9 @@ class NotEnoughBatchSizes(CriticalBatchError):
         self.target, self.threshold, self.variant = target, threshold, variant
         self.points, self.unreached, self.selection = points, unreached, selection
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, tokens_per_sample: float | None = None) -> dict[str, Any]:
         none = ("s_min", "e_min", "b_crit", "r2", "s_min_ci95", "e_min_ci95", "b_crit_ci95")
-        return {
+        out = {
             "target": self.target.describe(),
             "metric": self.target.metric,
             "threshold": self.threshold,
@@ -340,6 +344,27 @@ class NotEnoughBatchSizes(CriticalBatchError):
             "unreached_batch_sizes": list(self.unreached),
             "points": [p.__dict__ for p in self.points],
         }
+        return out if tokens_per_sample is None else in_tokens(out, tokens_per_sample)
+
+
+def in_tokens(fit: dict[str, Any], tokens_per_sample: float) -> dict[str, Any]:
+    """A fit's `to_dict()` with its sample counts also in tokens: a batch of B sequences of T
+    tokens is B T tokens, so B_crit, E_min, their CIs and each point's samples scale by T (a
+    constant, so the bootstrap's percentiles scale with it). None stays None."""
+
+    def scaled(v: Any) -> Any:
+        if v is None:
+            return None
+        if isinstance(v, list):
+            return [x * tokens_per_sample for x in v]
+        return v * tokens_per_sample
+
+    out = {**fit, "tokens_per_sample": tokens_per_sample}
+    for key in ("e_min", "b_crit", "e_min_ci95", "b_crit_ci95"):
+        name = key.replace("_ci95", "_tokens_ci95") if key.endswith("_ci95") else f"{key}_tokens"
+        out[name] = scaled(fit.get(key))
+    out["points"] = [{**p, "tokens": p["samples"] * tokens_per_sample} for p in fit["points"]]
+    return out
 
 
 def fit_steps(batch_sizes: Sequence[float], steps: Sequence[float]) -> tuple[float, float, float]:

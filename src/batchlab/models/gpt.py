@@ -5,7 +5,8 @@ then a 4x GELU MLP, each added to the residual stream), a final LayerNorm and an
 tied to the token embedding. Initialisation follows GPT-2 as nanoGPT does: N(0, 0.02) for every
 linear and embedding weight, zero biases, and the residual projections scaled down by
 1/sqrt(2 * layers). Maps tokens [B, T] to next-token logits [B, T, V], so it trains through the
-`language-model` task.
+`language-model` task; a dict batch (`input_ids`, `attention_mask`) is taken as Hugging Face
+models take it.
 """
 
 from __future__ import annotations
@@ -44,13 +45,20 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(width, width)
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`mask`: None (causal), or a boolean [B, 1, T, T] of the key positions each query
+        may attend to (causal and not padding; `GPT.forward` builds it)."""
         b, t, c = x.shape
         q, k, v = self.c_attn(x).split(c, dim=2)
         # [B, T, C] -> [B, heads, T, C / heads]
         q, k, v = (z.view(b, t, self.heads, c // self.heads).transpose(1, 2) for z in (q, k, v))
         y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=mask is None,
         )
         y = y.transpose(1, 2).contiguous().view(b, t, c)
         out: torch.Tensor = self.resid_dropout(self.c_proj(y))
@@ -80,8 +88,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(width)
         self.mlp = MLPBlock(width, dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), mask)
         out: torch.Tensor = x + self.mlp(self.ln_2(x))
         return out
 
@@ -114,14 +122,36 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        idx: torch.Tensor | None = None,
+        *,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`model(idx)`, or a dict batch as Hugging Face models take it: `model(**batch)` with
+        `input_ids` and an optional `attention_mask` [B, T] (1 for a token, 0 for padding).
+        Padding is never attended to; positions count from 0 whatever the padding, as GPT-2's
+        do without `position_ids`."""
+        if (idx is None) == (input_ids is None):
+            raise TypeError("GPT: pass the token ids once, as idx or as input_ids")
+        idx = input_ids if idx is None else idx
+        assert idx is not None
         t = idx.shape[1]
         if t > self.context:
             raise ValueError(f"a sequence of {t} tokens is longer than the context {self.context}")
+        mask = None
+        if attention_mask is not None:  # (no check for "all ones": that would sync with it)
+            # causal and not padding; a query may always see itself, so a padding position
+            # whose earlier keys are all padding gets a finite (ignored) output, never NaN
+            causal = torch.ones(t, t, dtype=torch.bool, device=idx.device).tril()
+            keys = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, T]
+            eye = torch.eye(t, dtype=torch.bool, device=idx.device)
+            mask = (causal & keys) | eye
         pos = torch.arange(t, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))
         for block in self.blocks:
-            x = block(x)
+            x = block(x, mask)
         out: torch.Tensor = self.lm_head(self.ln_f(x))
         return out
 

@@ -38,6 +38,7 @@ _CPU_TIME = {
     "ghost-bn": "~1 min",
     "sharpness": "~2 min",
     "lm-quick": "~3 min",
+    "lm-critical": "~26 min",
     "resnet-quick": "~5 min",
 }
 
