@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -223,3 +224,25 @@ def test_bf16_where_the_device_has_none_runs_fp32_and_says_so(
     assert trial.provenance["precision"] == "fp32"
     fp32, _, _ = run(spec_from_dict(make_spec(batch_sizes=[16])))
     assert trial.last is not None and trial.last.val_loss == fp32[-1].val_loss
+
+
+@pytest.mark.parametrize(
+    ("fields", "said"),
+    [
+        ({"optimizer": "adam"}, True),
+        ({"optimizer": "adam", "lr_scaling": "none"}, False),  # chosen: silent
+        ({"optimizer": "adam", "lr_scaling": "sqrt"}, False),
+        ({"optimizer": "sgd"}, False),
+        ({"variants": [{"label": "a", "optimizer": "adamw"}]}, True),
+        ({"optimizer": "adam", "batch_sizes": [8]}, False),  # one batch size: nothing to scale
+    ],
+)
+def test_an_adaptive_sweep_without_a_scaling_rule_hears_of_the_sqrt_default(
+    make_spec: SpecFactory, fields: dict[str, Any], said: bool
+) -> None:
+    from batchlab.study import recipe_notes
+
+    notes = recipe_notes(spec_from_dict(make_spec(**fields)))
+    assert bool(notes) == said
+    if said:
+        assert 'lr_scaling = "sqrt"' in notes[0] and "Malladi" in notes[0]

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from batchlab.errors import SpecError
-from batchlab.lr import scaled_lr
+from batchlab.lr import decay_factor, scaled_lr
 from batchlab.plan import TrialPlan
 from batchlab.spec import Branch, Branched, Budget, StudySpec, TrialSpec
 
@@ -101,8 +101,7 @@ def branch_trials(references: Sequence[TrialSpec], n_train: int) -> list[TrialSp
         per_epoch = math.ceil(n_train / ref.batch_size)
         for i, step in enumerate(branch_points(ref, n_train)):
             epoch = step // per_epoch
-            epoch_lr = plan.epoch(epoch)[1]
-            factor = plan.lr(step, epoch_lr) / ref.lr  # the reference's schedule at the point
+            factor = schedule_factor(ref, plan, step, epoch)
             samples = epoch * n_train + (step - epoch * per_epoch) * ref.batch_size
             for b in sizes:
                 every = interval(b, window, cfg.evals)
@@ -130,6 +129,27 @@ def branch_trials(references: Sequence[TrialSpec], n_train: int) -> list[TrialSp
     for key in sorted(by_point):
         out += by_point[key]
     return out
+
+
+def schedule_factor(ref: TrialSpec, plan: TrialPlan, step: int, epoch: int) -> float:
+    """The reference's lr schedule at a branch point, as a factor of its lr: its lr_schedule's
+    step decays and its lr_decay's decay, both of which every branch at that point shares. A
+    warmup ramp (warmup_epochs, or lr_decay's own) is left out: it belongs to the reference's
+    batch size, and a branch inside it trains at its own batch size's rule lr."""
+    factor = plan.epoch(epoch)[1] / ref.lr
+    decay = ref.study.lr_decay
+    total = plan.total_steps
+    if decay is not None and total is not None:
+        warm = decay.warmup(total)
+        factor *= decay_factor(
+            decay.kind,
+            max(step, warm),
+            total,
+            warmup=warm,
+            final=decay.final,
+            decay_steps=max(1, round(decay.decay_fraction * total)),
+        )
+    return factor
 
 
 def stream_seed(seed: int, point: int) -> int:

@@ -761,7 +761,9 @@ def _branched_critical(study: Study, *, as_json: bool) -> None:
         return "—" if v is None else f"{v:.3g}"
 
     def ci(i: Any) -> str:
-        return "—" if i is None else f"{i.lo:.3g}–{i.hi:.3g}"
+        if i is None:
+            return "—"
+        return f"{i.lo:.3g}–{i.hi:.3g}" if math.isfinite(i.hi) else f"{i.lo:.3g}–∞"
 
     for pt in result.points:
         cbs = f"> {pt.cbs20_above}" if pt.cbs20_above is not None else num(pt.cbs20)
@@ -825,7 +827,13 @@ def schedule_cmd(name: str, store: Path, validate: bool) -> None:
     if not with_epochs:
         raise click.ClickException(f"study {name!r}: no reference evaluation after training yet")
     n_train = round(with_epochs[0].samples / with_epochs[0].epoch)
-    warmup = warmup_schedule(result, n_train=n_train)
+    epochs = study.spec.budget.epochs
+    if epochs is None:
+        raise SpecError(
+            f"schedule: a batch_schedule steps at epochs, and study {name!r} has a"
+            f" {study.spec.budget.kind} budget; run the branched study with an epochs budget"
+        )
+    warmup = warmup_schedule(result, n_train=n_train, epochs=epochs)
     click.echo(warmup.to_toml(study=name), nl=False)
     if not validate:
         return

@@ -575,6 +575,13 @@ class StudySpec(_Frozen):
             )
         if self.lr_schedule is not None and self.lr_schedule.factor is None:
             raise ValueError("lr_schedule: give a factor to divide the lr by, e.g. factor = 5")
+        sizes = self.batch_schedule.batch_sizes if self.batch_schedule is not None else None
+        if sizes and any(b % self.accumulate for b in sizes):
+            odd = next(b for b in sizes if b % self.accumulate)
+            raise ValueError(
+                f"batch_schedule.batch_sizes: accumulate {self.accumulate} does not divide {odd};"
+                " choose a divisor of every batch size"
+            )
         for key in ("batch_schedule", "lr_schedule"):
             sched: Schedule | None = getattr(self, key)
             if sched is None:
@@ -677,6 +684,11 @@ class StudySpec(_Frozen):
         if bad:
             raise ValueError(
                 f"branched.batch_sizes: accumulate {self.accumulate} does not divide {bad[0]}"
+            )
+        if self.lr_decay is not None and self.lr_decay.final == 0:
+            raise ValueError(
+                "branched: lr_decay.final = 0 leaves the branches at the last point (the end of"
+                " training) no lr; use final > 0, e.g. 0.1"
             )
 
     def resolved_variants(self) -> list[tuple[str, StudySpec]]:

@@ -140,6 +140,27 @@ def compile_used(spec: StudySpec, device: torch.device) -> bool | dict[str, bool
     return values.pop() if len(values) == 1 else used
 
 
+ADAPTIVE = ("adam", "adamw")
+
+
+def recipe_notes(spec: StudySpec) -> list[str]:
+    """The documented default for adaptive optimizers is Malladi et al.'s square-root rule; a
+    spec that sweeps batch sizes with Adam and leaves `lr_scaling` unset keeps the old default
+    (none: its trial ids and numbers stay), and hears so in one line."""
+    adaptive = spec.optimizer in ADAPTIVE or any(
+        v.get("optimizer") in ADAPTIVE for v in spec.variants
+    )
+    chosen = "lr_scaling" in spec.model_fields_set or any("lr_scaling" in v for v in spec.variants)
+    several = len(spec.batch_sizes) > 1 or spec.branched is not None
+    if adaptive and several and not chosen:
+        return [
+            "lr_scaling: unset with an adaptive optimizer, so the lr is the same at every batch"
+            ' size; lr_scaling = "sqrt" (Malladi et al.) is the rule for adam/adamw'
+            ' (docs/recipes.md); set lr_scaling = "none" to keep this and silence this line'
+        ]
+    return []
+
+
 def execution_notes(spec: StudySpec, device: torch.device) -> list[str]:
     """One line per setting that `device` cannot run as asked, and what runs instead."""
     notes = []
@@ -202,6 +223,7 @@ def run_study(
     plan = plan_threads(spec.threads, default=torch.get_num_threads(), load=cpuload.read_load())
     notes = [plan.warning] if plan.warning is not None else []
     notes += execution_notes(spec, prepared.device)
+    notes += recipe_notes(spec)
     threads_before = torch.get_num_threads()
     if plan.threads != threads_before:
         torch.set_num_threads(plan.threads)

@@ -189,8 +189,11 @@ def test_the_schedule_from_a_known_cbs() -> None:
             point(4, 4200, None, above=256),  # above every measured batch: the largest
         ),
     )
-    warmup = warmup_schedule(result, n_train=1000)
+    warmup = warmup_schedule(result, n_train=1000, epochs=6)
     assert (warmup.start, warmup.milestones, warmup.batch_sizes) == (16, (1, 5), (32, 256))
+    # a point in the last epoch changes nothing: the study ends there
+    short = warmup_schedule(result, n_train=1000, epochs=5)
+    assert (short.milestones, short.batch_sizes) == ((1,), (32,))
     toml = warmup.to_toml(study="s")
     assert "batch_schedule = { milestones = [1, 5], batch_sizes = [32, 256] }" in toml
     import tomllib

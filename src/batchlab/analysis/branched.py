@@ -13,7 +13,7 @@ point:
   squares in 1 / B (`critical.fit_steps`) over the batch sizes whose branches all reached the
   target, at their fastest lr factor (chosen on validation: the target is a validation loss).
 - CBS_20(t) (Zhang et al. 2024): the batch size where the samples to the target exceed perfect
-  linear scaling from the smallest batch size by 20%, E(B) / E(b_min) = 1.2, interpolated in
+  linear scaling from the smallest batch size by 20%, E(B) / E(b_min) = 1.2, log-interpolated in
   log B between the two measured batch sizes that straddle it (steps S(B) then exceed the
   perfect-scaling line S(b_min) b_min / B by 20%). Beyond every measured batch size: reported as
   "above B_max", not as a number.
@@ -44,6 +44,7 @@ from batchlab.analysis.critical import (
     fit_steps,
     reach,
 )
+from batchlab.spec import EXECUTION_FIELDS
 from batchlab.trial import FrozenTrial, TrialState
 
 OVERHEAD = 1.2
@@ -90,8 +91,9 @@ class PointResult:
     note: str = ""  # why a number is missing
 
     def to_dict(self) -> dict[str, Any]:
-        def iv(i: Interval | None) -> list[float] | None:
-            return None if i is None else [i.lo, i.hi]
+        def iv(i: Interval | None) -> list[float | None] | None:
+            # an upper end above every batch size measured is null (JSON has no infinity)
+            return None if i is None else [i.lo, i.hi if math.isfinite(i.hi) else None]
 
         return {
             "point": self.point,
@@ -215,7 +217,9 @@ def cbs20(batch_sizes: Sequence[float], samples: Sequence[float]) -> tuple[float
             lo, hi = ratio[i - 1], ratio[i]
             if lo >= OVERHEAD:  # noise: an earlier batch size already crossed
                 return b[i - 1], False
-            f = (OVERHEAD - lo) / (hi - lo)
+            # log ratio linear in log B: exact where E grows as a power of B (E ~ B without
+            # gradient noise), and close to McCandlish's E ~ B + B_noise between grid points
+            f = (math.log(OVERHEAD) - math.log(lo)) / (math.log(hi) - math.log(lo))
             return float(
                 math.exp(math.log(b[i - 1]) + f * (math.log(b[i]) - math.log(b[i - 1])))
             ), False
@@ -249,14 +253,16 @@ def _bootstrap(
     for _ in range(N_BOOT):
         pick = rng.integers(0, n_seeds, size=n_seeds)
         resampled = {b: s[pick] for b, s in steps.items()}
-        crit, _, value, _ = _point_numbers(resampled)
+        crit, _, value, above = _point_numbers(resampled)
         if crit is not None:
             crits.append(crit)
-        if value is not None:
-            cbss.append(value)
+        # a resample whose CBS_20 lies above every batch size counts as +inf, not as missing:
+        # leaving it out would pull the interval's upper end down
+        if value is not None or above:
+            cbss.append(value if value is not None else math.inf)
 
     def pct(xs: list[float]) -> Interval | None:
-        if len(xs) < N_BOOT // 2:  # most resamples gave no number: no interval either
+        if sum(map(math.isfinite, xs)) < N_BOOT // 2:  # most gave no number: no interval
             return None
         lo, hi = np.percentile(xs, [2.5, 97.5])
         return Interval(lo=float(lo), hi=float(hi))
@@ -482,12 +488,13 @@ def power_of_two_below(x: float) -> int:
     return 1 << max(0, math.floor(math.log2(x))) if x >= 1 else 1
 
 
-def warmup_schedule(result: BranchedResult, *, n_train: int) -> BatchWarmup:
+def warmup_schedule(result: BranchedResult, *, n_train: int, epochs: int) -> BatchWarmup:
     """The batch at each branch point is the largest power of two at or below the CBS_20
     measured there (the largest batch size measured, when CBS_20 lies above them all), never
     below the reference batch size nor below the batch of an earlier point; it takes effect at
     the first epoch boundary at or after the point (the engine changes batch size between
-    epochs). Points without a CBS_20 keep the batch before them."""
+    epochs), for a study of `epochs` epochs: a point in the last epoch changes nothing. Points
+    without a CBS_20 keep the batch before them."""
     start = result.reference_batch_size
     batch, out = start, dict[int, int]()
     for p in result.points:
@@ -496,13 +503,15 @@ def warmup_schedule(result: BranchedResult, *, n_train: int) -> BatchWarmup:
             continue
         batch = max(batch, power_of_two_below(cbs))
         epoch = max(1, math.ceil(p.samples / n_train))
+        if epoch >= epochs:
+            continue
         if batch > (out.get(epoch) or 0) and batch > max([start, *out.values()]):
             out[epoch] = batch
-    epochs = sorted(out)
+    at = sorted(out)
     return BatchWarmup(
         start=start,
-        milestones=tuple(epochs),
-        batch_sizes=tuple(out[e] for e in epochs),
+        milestones=tuple(at),
+        batch_sizes=tuple(out[e] for e in at),
         rule="at each branch point, the largest power of two at or below CBS_20, from the next"
         " epoch on",
     )
@@ -511,13 +520,11 @@ def warmup_schedule(result: BranchedResult, *, n_train: int) -> BatchWarmup:
 def validation_spec(stored: dict[str, Any], warmup: BatchWarmup, largest: int) -> dict[str, Any]:
     """A study running `warmup` against the constant reference batch and the constant largest
     batch, at equal samples (the reference's budget), from a branched study's stored spec."""
-    base = {k: v for k, v in stored.items() if k not in ("branched", "probes", "probe_args")}
-    epochs = base.get("budget", {}).get("epochs")
-    keep = [
-        (m, b)
-        for m, b in zip(warmup.milestones, warmup.batch_sizes, strict=True)
-        if epochs is None or m < epochs
-    ]
+    # What runs, from the store; where and how it runs (executor, device, workers...) is this
+    # machine's default: a store is data, and does not choose where code runs.
+    left_out = {"branched", "probes", "probe_args", *EXECUTION_FIELDS}
+    base = {k: v for k, v in stored.items() if k not in left_out}
+    keep = list(zip(warmup.milestones, warmup.batch_sizes, strict=True))
     variants: list[dict[str, Any]] = []
     if keep:
         variants.append(
