@@ -71,14 +71,16 @@ def test_two_processes_share_a_study_and_run_each_trial_once(tmp_path: Path) -> 
         name="shared",
         batch_sizes=[8, 16],
         seeds=list(range(6)),
-        budget={"epochs": 3},
+        # long enough (about a second a trial) that the first process cannot finish all 12
+        # before the second has started: both must take part
+        budget={"epochs": 25},
         model_args={"widths": [64]},
     )
     store = tmp_path / "shared.db"
     a, b = batchlab(str(study), "--store", str(store)), batchlab(str(study), "--store", str(store))
     finish(a)
     finish(b)
-    rows = check_exactly_once(store, n_trials=12, epochs=3)
+    rows = check_exactly_once(store, n_trials=12, epochs=25)
     assert all(attempts == 1 for _, _, attempts, _ in rows)  # nobody ran a trial twice
     ran_in = {json.loads(p)["pid"] for *_, p in rows}
     assert ran_in == {a.pid, b.pid}  # both did part of the work
