@@ -44,10 +44,11 @@ from batchlab.analysis.critical import (
     fit_steps,
     reach,
 )
+from batchlab.analysis.regimes import PERFECT_TOLERANCE, perfect_scaling_end
 from batchlab.spec import EXECUTION_FIELDS
 from batchlab.trial import FrozenTrial, TrialState
 
-OVERHEAD = 1.2
+OVERHEAD = 1.0 + PERFECT_TOLERANCE
 """Zhang et al.'s rule: CBS is where the samples to the target exceed perfect scaling by 20%."""
 N_BOOT = 1000
 
@@ -206,24 +207,14 @@ def loss_at(trial: FrozenTrial, samples: float) -> float:
 
 
 def cbs20(batch_sizes: Sequence[float], samples: Sequence[float]) -> tuple[float | None, bool]:
-    """Where E(B) / E(b_min) first reaches `OVERHEAD`, interpolated in log B: (value, False);
-    (None, True) when no measured batch size gets there (CBS_20 lies above them all)."""
-    b = [float(x) for x in batch_sizes]
+    """Where E(B) / E(b_min) first exceeds `OVERHEAD` (`regimes.perfect_scaling_end`, the
+    same rule as the end of perfect scaling): (value, False); (None, True) when no measured
+    batch size gets there (CBS_20 lies above them all); (None, False) when the smallest batch
+    size met the target before training (no samples to compare with)."""
     if samples[0] <= 0:
         return None, False
-    ratio = [e / samples[0] for e in samples]
-    for i in range(1, len(b)):
-        if ratio[i] >= OVERHEAD:
-            lo, hi = ratio[i - 1], ratio[i]
-            if lo >= OVERHEAD:  # noise: an earlier batch size already crossed
-                return b[i - 1], False
-            # log ratio linear in log B: exact where E grows as a power of B (E ~ B without
-            # gradient noise), and close to McCandlish's E ~ B + B_noise between grid points
-            f = (math.log(OVERHEAD) - math.log(lo)) / (math.log(hi) - math.log(lo))
-            return float(
-                math.exp(math.log(b[i - 1]) + f * (math.log(b[i]) - math.log(b[i - 1])))
-            ), False
-    return None, True
+    value = perfect_scaling_end(batch_sizes, samples, OVERHEAD - 1.0)
+    return value, value is None
 
 
 def _fit(batch_sizes: Sequence[float], steps: Sequence[float]) -> tuple[float, float] | None:

@@ -139,6 +139,22 @@ def loglog_interp(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
     return float(ys[-1])  # a single point
 
 
+def perfect_scaling_end(
+    batch_sizes: Sequence[float], samples: Sequence[float], tolerance: float = PERFECT_TOLERANCE
+) -> float | None:
+    """Where the samples to the target, relative to the smallest batch size's, r(B) = E(B) /
+    E(B_0), first exceed 1 + `tolerance` (Zhang et al.'s CBS_20 at 0.2), with log r linear in
+    log B between the two measured sizes around the crossing (as log S is); None when no
+    measured batch size gets there. `samples` are positive, in ascending batch size."""
+    ratio = [e / samples[0] for e in samples]
+    limit = 1.0 + tolerance
+    for i in range(1, len(batch_sizes)):
+        if ratio[i] > limit:  # the first crossing; ratio[i - 1] <= limit since it is the first
+            t = math.log(limit / ratio[i - 1]) / math.log(ratio[i] / ratio[i - 1])
+            return float(batch_sizes[i - 1] * (batch_sizes[i] / batch_sizes[i - 1]) ** t)
+    return None
+
+
 def scaling_regimes(
     points: Sequence[BatchPoint],
     *,
@@ -163,15 +179,7 @@ def scaling_regimes(
         )
     bs = tuple(p.batch_size for p in pts)
     ss = tuple(p.steps for p in pts)
-    ratio = [s * b / (ss[0] * bs[0]) for b, s in zip(bs, ss, strict=True)]
-    limit = 1.0 + tolerance
-    perfect_end: float | None = None
-    for i in range(1, len(bs)):
-        if ratio[i] > limit:  # the first crossing; ratio[i - 1] <= limit since it is the first
-            # log r is linear in log B between the two sizes, as log S is
-            t = math.log(limit / ratio[i - 1]) / math.log(ratio[i] / ratio[i - 1])
-            perfect_end = bs[i - 1] * (bs[i] / bs[i - 1]) ** t
-            break
+    perfect_end = perfect_scaling_end(bs, [b * s for b, s in zip(bs, ss, strict=True)], tolerance)
     gains = [doubling_gain(bs[i], ss[i], bs[i + 1], ss[i + 1]) for i in range(len(bs) - 1)]
     maximal_start: int | None = None
     for i in range(len(gains) - 1, -1, -1):  # the start of the last run of small gains
