@@ -452,9 +452,13 @@ class _Trial:
         B, self.epoch_lr = self.plan.epoch(epoch)
         self.set_lr(self.epoch_lr)
         self.autograd.set_batch_size(B)
-        perm = torch.randperm(self.plan.n_train, generator=self.shuffle)  # CPU: one order anywhere
+        order = self.order(epoch)
         self.window = _Window(self.device)
-        return self.data.train.batches(perm, B)
+        return self.data.train.batches(order, B)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """The epoch's training examples, in the order they are used: a permutation."""
+        return torch.randperm(self.plan.n_train, generator=self.shuffle)  # CPU: one order anywhere
 
     def step_lr(self) -> None:
         self.set_lr(self.plan.lr(self.step, self.epoch_lr))
@@ -615,15 +619,11 @@ class BranchRun(_Trial):
         is evaluated once, at its end, to report."""
         return done
 
-    def begin_epoch(self, epoch: int) -> Iterator[tuple[Inputs, torch.Tensor]]:
-        B, self.epoch_lr = self.plan.epoch(epoch)
-        self.set_lr(self.epoch_lr)
-        self.autograd.set_batch_size(B)
+    def order(self, epoch: int) -> torch.Tensor:
+        """The interval's examples: the next `plan.n_train` of the branch's stream."""
         every = self.plan.n_train
         seed = stream_seed(self.trial.seed, self.branch.point)
-        idx = stream_indices(seed, self.data.n_train, epoch * every, every)
-        self.window = _Window(self.device)
-        return self.data.train.batches(idx, B)
+        return stream_indices(seed, self.data.n_train, epoch * every, every)
 
 
 class Runner(Protocol):
