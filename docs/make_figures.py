@@ -52,6 +52,7 @@ FIGURES: dict[str, Figure[Any]] = {
     "lm-critical": curves.FIGURE,
     "resnet-quick": designs_variants.FIGURE,
     "branched": branched.FIGURE,
+    "lm-branched": branched.FIGURE,
 }
 
 

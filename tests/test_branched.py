@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from batchlab import run_study
+from batchlab import load_study, run_study
 from batchlab.branched import (
     branch_points,
     interval,
@@ -410,6 +410,37 @@ def test_schedule_refuses_a_budget_a_batch_schedule_cannot_step_in(
         main(["schedule", "br", "--store", str(store_path)])
     assert exit_info.value.code == 2
     assert "steps budget" in capsys.readouterr().err
+
+
+def test_a_samples_budget_of_whole_passes_gets_a_schedule_in_epochs(
+    make_spec: SpecFactory, store_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A samples budget that is a whole number of passes (a language model's, say) is that many
+    epochs: the schedule states the budget in epochs, and the validation trains the same
+    samples. A samples budget ending inside an epoch is refused, naming the multiple."""
+    import tomllib
+
+    from batchlab.cli import main
+
+    n_train = 192  # tiny_spec: 256 examples, a quarter held out
+    raw = {**branched_spec(make_spec, batch_sizes=[16, 32], points=2)}
+    run_study({**raw, "budget": {"samples": 4 * n_train}}, store=store_path)
+    capsys.readouterr()
+    main(["schedule", "br", "--store", str(store_path), "--validate"])
+    out = capsys.readouterr().out
+    lines = out.split("br-validation")[0]
+    parsed = tomllib.loads(lines[: lines.rindex("\n")])
+    assert parsed["budget"] == {"epochs": 4} and parsed["batch_sizes"] == [8]
+    checked = load_study("br-validation", store_path)
+    assert checked.spec.budget.epochs == 4
+    assert {t.evals[-1].samples for t in checked.trials} == {4 * n_train}
+
+    other = store_path.with_name("other.db")
+    run_study({**raw, "budget": {"samples": 4 * n_train + 40}}, store=other)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["schedule", "br", "--store", str(other)])
+    assert exit_info.value.code == 2
+    assert f"a multiple of its {n_train} training examples" in capsys.readouterr().err
 
 
 def test_the_validation_study_takes_what_runs_from_the_store_not_where() -> None:

@@ -47,6 +47,16 @@ SPECIAL = {
         "branched={batch_sizes=[16, 32], points=2}",
         "device='cpu'",
     ],
+    "lm-branched.toml": [  # a samples budget of two passes, branches at one more batch size
+        "train_subset=64",
+        "dataset_args={context=16, test_fraction=0.02}",
+        "model_args={layers=1, heads=2, width=16}",
+        "seeds=[0]",
+        "budget.samples=128",
+        "probes=[]",
+        "branched={batch_sizes=[16], points=2}",
+        "device='cpu'",
+    ],
     "lm-critical.toml": [
         "train_subset=64",
         "dataset_args={context=16, test_fraction=0.02}",

@@ -75,6 +75,34 @@ def test_linear_wsd_and_constant_follow_their_formulas(make_spec: SpecFactory) -
     assert [const.lr(s, 0.2) for s in (0, 3, 4, 99)] == pytest.approx([0.04, 0.16, 0.2, 0.2])
 
 
+def test_under_a_batch_schedule_the_decay_follows_the_samples(make_spec: SpecFactory) -> None:
+    """A batch-size warmup (8, then 32 from epoch 2 of 4, 256 examples) makes 32 + 32 + 8 + 8 =
+    80 updates; its cosine is at the point the constant batch 8 is at the same samples: after
+    epoch 1 (32 updates, a quarter of the samples) at 0.25, not at 32 / 80 of its updates."""
+    decay = {"kind": "cosine", "warmup_steps": 0, "final": 0.0}
+    warm = spec_from_dict(
+        make_spec(
+            batch_sizes=[8],
+            budget={"epochs": 4},
+            lrs=[0.2],
+            lr_decay=decay,
+            batch_schedule={"milestones": [2], "batch_sizes": [32]},
+        )
+    )
+    plan = plan_for(warm)
+    assert plan.total_steps == 80
+    # updates 0, 32 (a quarter of the samples), 64 (a half), 68 (4 of epoch 2's 8 batches of 32)
+    for step, fraction in ((0, 0.0), (32, 0.25), (64, 0.5), (68, 0.5 + 4 * 32 / 1024)):
+        assert plan.decay_step(step) == pytest.approx(80 * fraction)
+        assert plan.lr(step, 0.2) == pytest.approx(0.2 * 0.5 * (1 + math.cos(math.pi * fraction)))
+    # the constant batch 8 over the same samples: 128 updates, the decay counted in them
+    const = plan_for(
+        spec_from_dict(make_spec(batch_sizes=[8], budget={"epochs": 4}, lr_decay=decay))
+    )
+    assert const.total_steps == 128 and const.decay_step(32) == 32
+    assert const.lr(32, 0.2) == pytest.approx(plan.lr(32, 0.2))  # equal at equal samples
+
+
 def test_the_engine_trains_with_the_schedule_and_resumes_bit_for_bit(
     make_spec: SpecFactory,
 ) -> None:

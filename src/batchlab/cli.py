@@ -812,6 +812,7 @@ def schedule_cmd(name: str, store: Path, validate: bool) -> None:
     study can use."""
     from batchlab.analysis.branched import (
         branched_critical,
+        budget_passes,
         is_branch,
         validation_rows,
         validation_spec,
@@ -827,13 +828,17 @@ def schedule_cmd(name: str, store: Path, validate: bool) -> None:
     if not with_epochs:
         raise click.ClickException(f"study {name!r}: no reference evaluation after training yet")
     n_train = round(with_epochs[0].samples / with_epochs[0].epoch)
-    epochs = study.spec.budget.epochs
+    budget = study.spec.budget
+    epochs = budget_passes(budget, n_train)
     if epochs is None:
         raise SpecError(
-            f"schedule: a batch_schedule steps at epochs, and study {name!r} has a"
-            f" {study.spec.budget.kind} budget; run the branched study with an epochs budget"
+            f"schedule: a batch_schedule steps at epoch boundaries, and study {name!r} has a"
+            f" {budget.kind} budget of {budget.value:g}; run the branched study with an epochs"
+            f" budget or a samples budget that is a multiple of its {n_train} training examples"
         )
-    warmup = warmup_schedule(result, n_train=n_train, epochs=epochs)
+    warmup = warmup_schedule(
+        result, n_train=n_train, epochs=epochs, state_epochs=budget.epochs is None
+    )
     click.echo(warmup.to_toml(study=name), nl=False)
     if not validate:
         return

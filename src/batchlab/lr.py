@@ -36,7 +36,7 @@ def warmup_lr(step: int, *, lr_ref: float, lr: float, warmup_steps: int) -> floa
 
 
 def decay_factor(
-    kind: str, step: int, total_steps: int, *, warmup: int, final: float, decay_steps: int
+    kind: str, step: float, total_steps: int, *, warmup: int, final: float, decay_steps: int
 ) -> float:
     """The multiplier of the peak lr for the update after `step` updates, out of `total_steps`
     (nanoGPT's `get_lr`): warmup (step + 1) / (warmup + 1) for the first `warmup` updates; then

@@ -7,6 +7,7 @@ pause points and progress bars read its planned steps: nothing else restates it.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -79,7 +80,7 @@ class TrialPlan:
 
     def lr(self, step: int, epoch_lr: float, *, lr_base: float | None = None) -> float:
         """The lr of the update after `step` updates: the warmup ramp from the base lr, then the
-        epoch's lr; times the `lr_decay` schedule's factor when there is one."""
+        epoch's lr; times the `lr_decay` schedule's factor when there is one (at `decay_step`)."""
         base = self.trial.lr_base if lr_base is None else lr_base
         lr = warmup_lr(step, lr_ref=base, lr=epoch_lr, warmup_steps=self.warmup_steps)
         decay = self.trial.study.lr_decay
@@ -89,12 +90,39 @@ class TrialPlan:
         assert total is not None  # the spec refuses lr_decay with a wall-clock budget
         return lr * decay_factor(
             decay.kind,
-            step,
+            self.decay_step(step),
             total,
             warmup=decay.warmup(total),
             final=decay.final,
             decay_steps=max(1, round(decay.decay_fraction * total)),
         )
+
+    def decay_step(self, step: int) -> float:
+        """Where the update after `step` updates lies on the `lr_decay` schedule, in updates:
+        `step` itself at a constant batch size. Under a batch schedule the decay follows the
+        samples (as a language model's schedule follows tokens): the samples of the first `step`
+        updates, as a fraction of the budget's, times the planned updates. A batch-size warmup
+        then decays at each sample as the constant batch does, which is where the branches
+        that measured its critical batch size trained (`schedule_factor`); counted in its own
+        updates, which the small early batches crowd, it would decay far sooner."""
+        if self.trial.study.batch_schedule is None:
+            return step
+        total, boundaries = self.total_steps, self._epoch_starts
+        assert total is not None  # a batch schedule needs an epochs budget
+        epoch = min(bisect.bisect_right(boundaries, step), len(boundaries) - 1) - 1
+        batch, _ = self.epoch(epoch)
+        samples = epoch * self.n_train + min(self.n_train, (step - boundaries[epoch]) * batch)
+        return total * samples / (len(boundaries) - 1) / self.n_train
+
+    @cached_property
+    def _epoch_starts(self) -> list[int]:
+        """The step at which each epoch of an epochs budget starts, and the total at the end."""
+        epochs = self.trial.budget.epochs
+        assert epochs is not None
+        out = [0]
+        for epoch in range(epochs):
+            out.append(out[-1] + math.ceil(self.n_train / self.epoch(epoch)[0]))
+        return out
 
     def lr_per_step(self, step: int) -> bool:
         """Whether the update after `step` updates has an lr of its own (warmup, lr_decay), set

@@ -145,7 +145,9 @@ class LrDecay(_Frozen):
     """An lr schedule over a trial's planned steps (nanoGPT's `get_lr`, generalised): a linear
     warmup from near zero, then constant, cosine or linear decay to `final` x the lr, or
     warmup-stable-decay (`wsd`: constant, then a linear decay over the last `decay_fraction`).
-    It multiplies the lr of each epoch (after lr scaling and any batch schedule)."""
+    It multiplies the lr of each epoch (after lr scaling and any batch schedule). Under a
+    batch schedule it runs over the samples rather than the updates (`TrialPlan.decay_step`),
+    so a batch-size warmup decays as the constant batch does at the same samples."""
 
     kind: Literal["constant", "cosine", "linear", "wsd"] = "cosine"
     """constant, cosine, linear, or wsd (warmup-stable-decay)."""

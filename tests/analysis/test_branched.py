@@ -227,3 +227,17 @@ def test_validation_rows_are_paired_by_seed() -> None:
     assert rows["small"].reached == 2 and rows["small"].steps == pytest.approx(20)
     assert rows["warmup"].final_val_loss == pytest.approx(0.6)
     assert rows["warmup"].total_steps == 20
+
+
+def test_an_interval_reaching_past_every_batch_size_is_open_and_quiet() -> None:
+    """Near the largest batch size, some seed resamples put CBS_20 above them all (+inf): the
+    interval's upper end is then infinite, computed without numpy's inf - inf warning."""
+    import warnings
+
+    sizes = [16, 32, 64, 128]
+    trials = hyperbola_study(sizes, [700.0], seeds=4, jitter=0.1)  # CBS_20 near 128
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (p,) = branched_critical(trials).points
+    assert p.cbs20_ci is not None and p.cbs20_ci.hi == math.inf
+    assert math.isfinite(p.cbs20_ci.lo)

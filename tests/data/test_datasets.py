@@ -111,3 +111,23 @@ def test_real_fashion_mnist() -> None:
     assert (ds.n_train, len(ds.x_val), len(ds.x_test)) == (54000, 6000, 10000)
     assert ds.input_shape == (1, 28, 28) and ds.num_classes == 10
     assert torch.bincount(ds.y_test).tolist() == [1000] * 10
+
+
+def test_input_check_reads_a_finite_sum_as_all_finite_and_looks_closer_otherwise() -> None:
+    """The check sums each float input first: NaN and infinity propagate through a sum, so a
+    finite sum means every element is finite. Finite values whose sum overflows are still
+    accepted (the rows are looked at one by one), and +inf beside -inf (a NaN sum) is caught."""
+    from batchlab.data import check_inputs
+
+    y = torch.zeros(3, dtype=torch.long)
+    big = torch.full((3, 2), 3e38)  # finite, but its float32 sum is inf
+    assert not bool(torch.isfinite(big.sum()))
+    check_inputs((big, y, big, y), where="d")
+    bad = big.clone()
+    bad[1] = torch.tensor([float("inf"), -float("inf")])
+    with pytest.raises(DataError, match=r"x_test contains NaN or infinity \(row 1\)"):
+        check_inputs((big, y, bad, y), where="d")
+    nan = torch.zeros(4, 2)
+    nan[2, 0] = float("nan")
+    with pytest.raises(DataError, match=r"x_train contains NaN or infinity \(row 2\)"):
+        check_inputs((nan, torch.zeros(4, dtype=torch.long), nan[:1], y[:1]), where="d")

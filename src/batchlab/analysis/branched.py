@@ -45,7 +45,7 @@ from batchlab.analysis.critical import (
     reach,
 )
 from batchlab.analysis.regimes import PERFECT_TOLERANCE, perfect_scaling_end
-from batchlab.spec import EXECUTION_FIELDS
+from batchlab.spec import EXECUTION_FIELDS, Budget
 from batchlab.trial import FrozenTrial, TrialState
 
 OVERHEAD = 1.0 + PERFECT_TOLERANCE
@@ -255,7 +255,8 @@ def _bootstrap(
     def pct(xs: list[float]) -> Interval | None:
         if sum(map(math.isfinite, xs)) < N_BOOT // 2:  # most gave no number: no interval
             return None
-        lo, hi = np.percentile(xs, [2.5, 97.5])
+        with np.errstate(invalid="ignore"):  # interpolating between two infinities: NaN
+            lo, hi = np.nan_to_num(np.percentile(xs, [2.5, 97.5]), nan=math.inf, posinf=math.inf)
         return Interval(lo=float(lo), hi=float(hi))
 
     return pct(crits), pct(cbss)
@@ -457,13 +458,19 @@ class BatchWarmup:
     milestones: tuple[int, ...]  # epochs
     batch_sizes: tuple[int, ...]
     rule: str  # how each size was chosen, in words
+    epochs: int | None = None
+    """The budget in epochs, to state with the schedule, when the branched study's budget was
+    samples (a whole number of passes): milestones are epochs, so the budget must be too."""
 
     def to_toml(self, *, study: str) -> str:
-        """The `batch_sizes` and `batch_schedule` lines a study can use as they are."""
+        """The `batch_sizes` and `batch_schedule` lines a study can use as they are (and the
+        budget in epochs, when the branched study counted samples)."""
         head = [
             f"# batch-size warmup from the branched study {study!r}: {self.rule}",
             f"batch_sizes = [{self.start}]",
         ]
+        if self.epochs is not None:
+            head.append(f"budget = {{ epochs = {self.epochs} }}  # the study's samples, in passes")
         if not self.milestones:
             return "\n".join([*head, "# the measured CBS never allows a larger batch"]) + "\n"
         ms = ", ".join(map(str, self.milestones))
@@ -479,13 +486,26 @@ def power_of_two_below(x: float) -> int:
     return 1 << max(0, math.floor(math.log2(x))) if x >= 1 else 1
 
 
-def warmup_schedule(result: BranchedResult, *, n_train: int, epochs: int) -> BatchWarmup:
+def budget_passes(budget: Budget, n_train: int) -> int | None:
+    """A budget in whole passes over `n_train` examples: its epochs, or a samples budget that is
+    a whole number of passes; None for any other (a batch schedule steps at epoch boundaries)."""
+    if budget.epochs is not None:
+        return budget.epochs
+    if budget.samples is not None and budget.samples % n_train == 0:
+        return budget.samples // n_train
+    return None
+
+
+def warmup_schedule(
+    result: BranchedResult, *, n_train: int, epochs: int, state_epochs: bool = False
+) -> BatchWarmup:
     """The batch at each branch point is the largest power of two at or below the CBS_20
     measured there (the largest batch size measured, when CBS_20 lies above them all), never
     below the reference batch size nor below the batch of an earlier point; it takes effect at
     the first epoch boundary at or after the point (the engine changes batch size between
     epochs), for a study of `epochs` epochs: a point in the last epoch changes nothing. Points
-    without a CBS_20 keep the batch before them."""
+    without a CBS_20 keep the batch before them. `state_epochs`: the schedule states its budget
+    of `epochs` (the branched study's budget was samples)."""
     start = result.reference_batch_size
     batch, out = start, dict[int, int]()
     for p in result.points:
@@ -505,6 +525,7 @@ def warmup_schedule(result: BranchedResult, *, n_train: int, epochs: int) -> Bat
         batch_sizes=tuple(out[e] for e in at),
         rule="at each branch point, the largest power of two at or below CBS_20, from the next"
         " epoch on",
+        epochs=epochs if state_epochs else None,
     )
 
 
@@ -530,6 +551,8 @@ def validation_spec(stored: dict[str, Any], warmup: BatchWarmup, largest: int) -
     variants.append({"label": f"constant {warmup.start}"})
     if largest != warmup.start:
         variants.append({"label": f"constant {largest}", "batch_sizes": [largest]})
+    if warmup.epochs is not None:  # the same samples, as the epochs a batch schedule steps in
+        base["budget"] = {"epochs": warmup.epochs}
     return {
         **base,
         "name": f"{stored['name']}-validation",

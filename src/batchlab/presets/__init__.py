@@ -40,6 +40,8 @@ _CPU_TIME = {
     "lm-quick": "~3 min",
     "lm-critical": "~26 min",
     "resnet-quick": "~5 min",
+    "branched": "~10 min",
+    "lm-branched": "~20 min",
 }
 
 
