@@ -81,7 +81,7 @@ def idle_machine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(
         cpuload,
         "read_load",
-        lambda: cpuload.CpuLoad(
+        lambda since=None: cpuload.CpuLoad(
             load=0.0, cpus=cpuload.usable_cores(), usable=cpuload.usable_cores()
         ),
     )

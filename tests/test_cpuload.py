@@ -69,7 +69,7 @@ def test_a_study_on_a_busy_machine_runs_and_records_fewer_threads(
     load: CpuLoad,
     threads: int,
 ) -> None:
-    monkeypatch.setattr(cpuload, "read_load", lambda: load)
+    monkeypatch.setattr(cpuload, "read_load", lambda since=None: load)
     notes: list[str] = []
     spec = make_spec(budget={"epochs": 1}, threads="auto")
     study = run_study(spec, store=tmp_path / "s.db", notify=notes.append)  # type: ignore[operator]
@@ -85,7 +85,7 @@ def test_a_pool_on_a_busy_machine_is_not_started(
     two_threads: None,
 ) -> None:
     """workers = "auto" on one free core trains in this process, on one thread."""
-    monkeypatch.setattr(cpuload, "read_load", lambda: BUSY)
+    monkeypatch.setattr(cpuload, "read_load", lambda since=None: BUSY)
     spec = make_spec(budget={"epochs": 1}, workers="auto", batch_sizes=[8, 192])
     study = run_study(spec, store=tmp_path / "s.db", notify=lambda _: None)  # type: ignore[operator]
     assert {t.provenance["pid"] for t in study.trials} == {os.getpid()}
@@ -99,12 +99,34 @@ def test_the_load_now_leaves_out_this_process_own_cpu_time(
 
     busy = iter([100.0, 100.9])  # the machine: 0.9 CPU seconds busy over the window...
     own = iter([5.0, 5.4])  # ...0.4 of them this process's own
-    clock = iter([0.0, 0.5])
+    clock = iter([0.0, 0.1, 0.5])  # begun at 0, the rest of the window slept at 0.1, read at 0.5
     monkeypatch.setattr(cpuload, "_busy_cpu_seconds", lambda: next(busy))
     monkeypatch.setattr("time.process_time", lambda: next(own))
     monkeypatch.setattr("time.monotonic", lambda: next(clock))
-    monkeypatch.setattr("time.sleep", lambda _s: None)
+    slept: list[float] = []
+    monkeypatch.setattr("time.sleep", slept.append)
     assert cpuload.others_busy_now() == pytest.approx((0.9 - 0.4) / 0.5)
-    monkeypatch.setattr(cpuload, "others_busy_now", lambda: 0.3)
+    assert slept == [pytest.approx(0.15)]
+    monkeypatch.setattr(cpuload, "others_busy_now", lambda since=None: 0.3)
     monkeypatch.setattr("os.getloadavg", lambda: (6.0, 5.0, 4.0))
     assert cpuload.read_load().load == 0.3  # a load average that remembers a past burst
+
+
+def test_a_reading_begun_before_other_work_spans_it_and_waits_only_for_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`run_study` begins the reading before loading the data: the window spans the loading
+    (this process's CPU time taken out) and sleeps only if the loading was shorter."""
+    from batchlab import cpuload
+
+    busy = iter([10.0, 12.0])  # 2 CPU seconds busy over a 1 s window, 1.5 of them our own
+    own = iter([1.0, 2.5])
+    clock = iter([0.0, 1.0, 1.0])
+    monkeypatch.setattr(cpuload, "_busy_cpu_seconds", lambda: next(busy))
+    monkeypatch.setattr("time.process_time", lambda: next(own))
+    monkeypatch.setattr("time.monotonic", lambda: next(clock))
+    slept: list[float] = []
+    monkeypatch.setattr("time.sleep", slept.append)
+    begun = cpuload.begin_reading()
+    assert cpuload.others_busy_now(since=begun) == pytest.approx(0.5)
+    assert slept == [0.0]  # the loading took longer than the window

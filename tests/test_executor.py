@@ -224,7 +224,7 @@ def test_pool_matches_a_sequential_run_trial_by_trial(
 ) -> None:
     cores = executor.usable_cores()
     idle = CpuLoad(load=0.0, cpus=cores, usable=cores)  # threads = "auto" must not lower them
-    monkeypatch.setattr(cpuload, "read_load", lambda: idle)
+    monkeypatch.setattr(cpuload, "read_load", lambda since=None: idle)
     spec = make_spec(batch_sizes=[8, 16, 192], budget={"epochs": 2})
     pooled = run_study({**spec, "workers": "auto"}, store=tmp_path / "pool.db")
     one = by_batch(run_study({**spec, "threads": 1}, store=tmp_path / "one.db"))

@@ -71,29 +71,45 @@ def _busy_cpu_seconds() -> float | None:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def others_busy_now(window_s: float = 0.25) -> float | None:
-    """Cores other processes keep busy right now: the machine's busy CPU time over a short
-    window less this process's own (Linux), or None where it cannot be read. Unlike the load
-    average, this does not remember the study that this process ran a minute ago."""
-    start, own = _busy_cpu_seconds(), time.process_time()
-    t0 = time.monotonic()
-    time.sleep(window_s)
+@dataclass(frozen=True)
+class Reading:
+    """The start of a window over which `others_busy_now` measures: the machine's busy CPU
+    seconds, this process's own, and the clock. Taken before other work (loading a study's
+    data), the window overlaps it: this process's own CPU time is left out either way."""
+
+    busy: float | None
+    own: float
+    at: float
+
+
+def begin_reading() -> Reading:
+    return Reading(busy=_busy_cpu_seconds(), own=time.process_time(), at=time.monotonic())
+
+
+def others_busy_now(window_s: float = 0.25, *, since: Reading | None = None) -> float | None:
+    """Cores other processes keep busy right now: the machine's busy CPU time over a window of
+    at least `window_s` (from `since`, waiting for what is left of it) less this process's
+    own (Linux), or None where it cannot be read. Unlike the load average, this does not
+    remember the study that this process ran a minute ago."""
+    start = since if since is not None else begin_reading()
+    time.sleep(max(0.0, window_s - (time.monotonic() - start.at)))
     end, own_end = _busy_cpu_seconds(), time.process_time()
-    elapsed = time.monotonic() - t0
-    if start is None or end is None or elapsed <= 0:
+    elapsed = time.monotonic() - start.at
+    if start.busy is None or end is None or elapsed <= 0:
         return None
-    return max(0.0, ((end - start) - (own_end - own)) / elapsed)
+    return max(0.0, ((end - start.busy) - (own_end - start.own)) / elapsed)
 
 
-def read_load() -> CpuLoad:
+def read_load(since: Reading | None = None) -> CpuLoad:
     """This machine's load now: the lesser of the 1-minute load average (`os.getloadavg`) and
-    what other processes keep busy over a quarter of a second (`others_busy_now`), so neither
-    a past burst nor this process's own earlier work counts; and the affinity mask."""
+    what other processes keep busy over a quarter of a second (`others_busy_now`, from `since`
+    when a reading began earlier), so neither a past burst nor this process's own earlier
+    work counts; and the affinity mask."""
     try:
         load = os.getloadavg()[0]
     except (OSError, AttributeError):  # not available (Windows)
         load = math.nan
-    now = others_busy_now()
+    now = others_busy_now(since=since)
     if now is not None:
         load = now if math.isnan(load) else min(load, now)
     return CpuLoad(load=load, cpus=max(1, os.cpu_count() or 1), usable=usable_cores())

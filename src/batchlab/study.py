@@ -217,10 +217,12 @@ def run_study(
 
         reporter = TrackingReporter(trackers, store=store, inner=reporter)
     check_executor(spec)
+    reading = cpuload.begin_reading()  # the load is read over the data's loading, not after
     prepared = prepare(spec, data_dir=data_dir)
     # Threads: the spec's count, or under "auto" torch's default lowered to the free cores of
     # a busy machine (batchlab.cpuload); read once the spec is valid, recorded with every trial.
-    plan = plan_threads(spec.threads, default=torch.get_num_threads(), load=cpuload.read_load())
+    load = cpuload.read_load(reading)
+    plan = plan_threads(spec.threads, default=torch.get_num_threads(), load=load)
     notes = [plan.warning] if plan.warning is not None else []
     notes += execution_notes(spec, prepared.device)
     notes += recipe_notes(spec)

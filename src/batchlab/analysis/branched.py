@@ -408,6 +408,13 @@ def _point(
             else ("below the smallest", min(per_seed))
         )
         notes.append(f"B_crit is {side} batch size that reached the target ({edge}): extrapolated")
+    b_min = min(per_seed)
+    if value is not None and value < 2 * OVERHEAD * b_min:
+        notes.append(
+            f"CBS_20 is below {2 * OVERHEAD:g}x the smallest batch ({b_min}): on the hyperbola it"
+            f" is {OVERHEAD:g} b_min + {OVERHEAD - 1:.1f} B_noise, here more the smallest batch's"
+            " share than the noise's (B_crit does not depend on b_min)"
+        )
     crit_ci = cbs_ci = None
     if len(seeds) > 1:
         crit_ci, cbs_ci = _bootstrap(per_seed, len(seeds), rng)
