@@ -52,7 +52,10 @@ def test_the_estimates_are_the_hyperbolas_at_each_point_against_the_references_s
     assert all(math.isnan(e.lo) for e in row.b_crit)  # one seed: no interval
     assert row.cbs20_above == () and row.b_simple == ()
     assert row.branch_sizes == (16, 1024)
-    assert row.notes == ("one seed: no confidence intervals (add seeds for them)",)
+    # point 0's CBS_20 = 1.2*16 + 0.2*40 = 27.2 is below 2.4*16: it says so; points 1 and 2 do not
+    low, one_seed = row.notes
+    assert low.startswith("point 0 (1,600 samples): CBS_20 is below 2.4x the smallest batch (16)")
+    assert one_seed == "one seed: no confidence intervals (add seeds for them)"
     # the right panel: per point, the steps S(B) = S_min (1 + B_noise / B) and the fit through them
     assert [c.point for c in row.curves] == [0, 1, 2]
     c = row.curves[1]
