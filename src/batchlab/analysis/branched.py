@@ -477,7 +477,8 @@ class BatchWarmup:
             f"batch_sizes = [{self.start}]",
         ]
         if self.epochs is not None:
-            head.append(f"budget = {{ epochs = {self.epochs} }}  # the study's samples, in passes")
+            note = "in place of the samples budget (the same samples)"
+            head.append(f"budget = {{ epochs = {self.epochs} }}  # {note}")
         if not self.milestones:
             return "\n".join([*head, "# the measured CBS never allows a larger batch"]) + "\n"
         ms = ", ".join(map(str, self.milestones))
