@@ -122,11 +122,13 @@ def test_a_pool_driver_killed_halfway_and_rerun_records_every_trial_once(tmp_pat
 
 
 KILL_DATA: dict[str, dict[str, Any]] = {
-    "regression": {"kind": "regression", "n_train": 1200, "n_test": 128, "dim": 8},
-    "language-model": {"n_train": 600, "n_test": 32},
+    "regression": {"kind": "regression", "n_train": 6000, "n_test": 128, "dim": 8},
+    "language-model": {"n_train": 6000, "n_test": 32},
 }
-"""Per task, enough data that an epoch takes long enough (a tenth of a second or more) for the
-kill to land part-way through a trial. Classification's kill -9 test is in tests/test_cli.py."""
+"""Per task, enough data that the kill lands part-way through a trial, polled every 50 ms: an
+epoch at batch 16 takes about 0.08 s here, so the window (a trial's evals 3 to 6) lasts about a
+third of a second. At 600 sequences it lasted 35 ms, and a study once finished unkilled.
+Classification's kill -9 test is in tests/test_cli.py."""
 
 METRICS = (
     "e.trial_id, e.idx, e.epoch, e.step, e.samples, e.current_lr, e.train_loss, e.train_acc,"
