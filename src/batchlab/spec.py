@@ -153,9 +153,9 @@ class LrDecay(_Frozen):
     """constant, cosine, linear, or wsd (warmup-stable-decay)."""
     warmup_steps: int | None = Field(default=None, ge=0)
     """Updates of linear warmup: the lr of update i (0-based) is lr * (i + 1) / (warmup + 1).
-    Under a batch schedule they are counted on the same samples scale as the decay
-    (`TrialPlan.decay_step`): the warmup spans the samples of `warmup_steps` of the planned
-    updates, however many of the schedule's own updates that takes."""
+    Under a batch schedule they are counted on the decay's samples scale
+    (`TrialPlan.decay_step`): the warmup covers the first warmup / planned-updates fraction of
+    the budget's samples, however many of the schedule's own updates that takes."""
     warmup_fraction: float | None = Field(default=None, ge=0.0, lt=1.0)
     """Warmup as a fraction of the planned updates (instead of warmup_steps)."""
     final: float = Field(default=0.1, ge=0.0, le=1.0)
